@@ -1,0 +1,1 @@
+"""Adversarial knowledge distillation: DGAD and the methods it is compared with."""

@@ -1,0 +1,95 @@
+"""The one PGD engine, shared by training and evaluation.
+
+An attack maximises an inner loss `loss_fn(logits, y, reference)` over an L-inf ball:
+  x' <- clip_[0,1]( Proj_eps( x' + step * sign(grad_x' loss) ) )
+`reference` is either fixed logits (e.g. the teacher's on clean inputs, RSLAD) or, when a
+`teacher` module is given, the teacher's logits at x' recomputed each step with the
+gradient flowing through it (AdaAD, DGAD). Only the input gets a gradient
+(`torch.autograd.grad`), so no parameter gradients are computed or left behind.
+"""
+import contextlib
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+InnerLoss = Callable[[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]], torch.Tensor]
+INITS = ("gauss", "uniform", "none")
+
+
+@contextlib.contextmanager
+def module_mode(module: nn.Module, train: bool):
+    """Put `module` (and every submodule) in train/eval mode, and restore each one's mode after."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.train(train)
+    try:
+        yield module
+    finally:
+        for m, was_training in modes:
+            m.training = was_training
+
+
+def init_delta(x: torch.Tensor, eps: float, init: str, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """The starting point of the attack: `gauss` x + 0.001 N(0,I) (not clamped), `uniform`
+    x + U(-eps, eps) clamped to [0,1], `none` x itself."""
+    if init == "gauss":
+        return x + 0.001 * torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+    if init == "uniform":
+        noise = torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator) * (2 * eps) - eps
+        return (x + noise).clamp_(0.0, 1.0)
+    if init == "none":
+        return x.clone()
+    raise ValueError(f"unknown attack init {init!r}; choose from {INITS}")
+
+
+def pgd_step(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps: float, step_size: float) -> torch.Tensor:
+    x_adv = x_adv + step_size * grad.sign()
+    x_adv = torch.min(torch.max(x_adv, x - eps), x + eps)
+    return x_adv.clamp_(0.0, 1.0)
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor], *, eps: float, step_size: float,
+        steps: int, loss_fn: InnerLoss, init: str = "uniform", reference: Optional[torch.Tensor] = None,
+        teacher: Optional[nn.Module] = None, train_mode: bool = False,
+        generator: Optional[torch.Generator] = None, autocast: Optional[Callable] = None) -> torch.Tensor:
+    """Return adversarial examples for `model` at `x` (detached, in [0,1], within eps of x).
+
+    train_mode: run the attacked model in train() mode (BatchNorm uses and updates batch
+    statistics, as ARD/IAD do) instead of eval(); its own mode is restored afterwards.
+    autocast: an optional context-manager factory (e.g. bf16 autocast) for the forward passes;
+    the image and its perturbation stay fp32."""
+    x = x.detach()
+    x_adv = init_delta(x, eps, init, generator).detach()
+    if steps <= 0:
+        return x_adv.clamp(0.0, 1.0) if init == "gauss" else x_adv
+    autocast = autocast or contextlib.nullcontext
+    teacher_ctx = module_mode(teacher, False) if teacher is not None else contextlib.nullcontext()
+    with module_mode(model, train_mode), teacher_ctx, torch.enable_grad():
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            with autocast():
+                logits = model(x_adv)
+                ref = teacher(x_adv) if teacher is not None else reference
+                loss = loss_fn(logits.float(), y, None if ref is None else ref.float())
+            (grad,) = torch.autograd.grad(loss, [x_adv])
+            x_adv = pgd_step(x_adv.detach(), grad, x, eps, step_size)
+    return x_adv.detach()
+
+
+# Inner losses: functions of (student logits, labels, reference logits), summed over the batch.
+
+def ce_sum(logits, y, reference=None):
+    return F.cross_entropy(logits, y, reduction="sum")
+
+
+def kl_sum(logits, y, reference):
+    """sum_i KL(softmax(reference_i) || softmax(logits_i)); the reference is the target."""
+    return F.kl_div(F.log_softmax(logits, dim=1), F.softmax(reference, dim=1), reduction="sum")
+
+
+def cw_margin_sum(logits, y, reference=None, confidence: float = 50.0):
+    """sum_i clamp(max_{c != y} z_c - z_y, min=-confidence): the CW-inf margin loss."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
+    return (other - true).clamp(min=-confidence).sum()

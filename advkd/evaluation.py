@@ -1,0 +1,34 @@
+"""Accuracy under attack, batched over a device-resident test split. The accumulators stay on
+the device; the host reads one number per call."""
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+
+from .attacks import ce_sum, module_mode, pgd
+from .data import Split, test_batches
+
+
+def attack_accuracy(model: nn.Module, split: Split, batch_size: int,
+                    attack: Optional[Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]] = None,
+                    progress: Optional[Callable] = None) -> float:
+    """Accuracy (%) of `model` in eval() mode on `split`, on adversarial inputs when `attack` is given."""
+    correct = torch.zeros((), dtype=torch.long, device=split.labels.device)
+    with module_mode(model, False):
+        for x, y in test_batches(split, batch_size):
+            if attack is not None:
+                x = attack(model, x, y)
+            with torch.no_grad():
+                correct += (model(x).argmax(1) == y).sum()
+            if progress is not None:
+                progress(y.shape[0])
+    return 100.0 * correct.item() / max(len(split), 1)
+
+
+def pgd_ce_attack(eps: float, step_size: float, steps: int, init: str = "uniform",
+                  generator: Optional[torch.Generator] = None):
+    """PGD on cross-entropy (SPEC section 5: uniform start), as an `attack` for attack_accuracy."""
+    def attack(model, x, y):
+        return pgd(model, x, y, eps=eps, step_size=step_size, steps=steps, loss_fn=ce_sum, init=init,
+                   generator=generator)
+    return attack

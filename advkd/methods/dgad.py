@@ -1,0 +1,36 @@
+"""DGAD (default method): AdaAD-style attack through student and teacher, MAP + ELS + PCR."""
+from ..attacks import kl_sum
+from ..losses import dgad_loss
+from .base import AttackSpec, Method, Option
+from .registry import register_method
+
+
+@register_method
+class DGAD(Method):
+    name = "DGAD"
+    summary = ("Teacher-right samples learn the swapped teacher on adversarial inputs, teacher-wrong "
+               "ones the swapped teacher on clean inputs, plus a clean/adversarial consistency term")
+    paper = "Dynamic Guidance Adversarial Distillation with Enhanced Teacher Knowledge (ECCV 2024)"
+    needs_teacher = True
+    attack = AttackSpec(inner_loss=kl_sum, init="gauss", train_mode=False, reference="teacher_adv")
+    forwards = ("s_clean", "s_adv", "t_clean", "t_adv")
+    options = {
+        "ALP_beta": Option(lambda args: 15.0 if args.dataset == "Tiny_Image" else 5.0, type=float,
+                           help="weight of the PCR term (default 5 on CIFAR, 15 on Tiny ImageNet)"),
+        "alp": Option("on", choices=("on", "off"), help="PCR term on/off (ablation)"),
+        "no_map": Option(False, flag=True, help="ablation: no MAP, every sample in the AT set"),
+        "no_els": Option(False, flag=True, help="ablation: no error-corrective label swapping"),
+        "mbv2_loss": Option("fixed", choices=("fixed", "authors"),
+                            help="MobileNetV2 students: 'authors' reproduces the DGAD code's misplaced "
+                                 "parenthesis (L_ST multiplies L_AT); 'fixed' uses the paper's formula"),
+        "weight_by": Option("configured", choices=("configured", "actual"),
+                            help="B in the n_ST/B weights: the configured --bs (authors' code) or the "
+                                 "actual size of each batch"),
+    }
+
+    def loss(self, out, cfg):
+        formula = cfg.mbv2_loss if cfg.model == "mobilenetV2" else "fixed"
+        batch_size = out.batch_size if cfg.weight_by == "configured" else out.y.shape[0]
+        return dgad_loss(out.s_clean, out.s_adv, out.t_clean, out.t_adv, out.y, beta=cfg.ALP_beta,
+                         batch_size=batch_size, use_map=not cfg.no_map, use_els=not cfg.no_els,
+                         use_pcr=cfg.alp == "on", formula=formula)

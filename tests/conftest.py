@@ -1,0 +1,33 @@
+"""Shared fixtures: the real datasets from ../shared/data, unpacked once into a cache folder."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
+DATA_CACHE = os.environ.get("ADVKD_TEST_DATA", os.path.join(os.path.expanduser("~"), ".cache", "advkd-data"))
+
+torch.set_num_threads(max(1, min(2, int(os.environ.get("OMP_NUM_THREADS", "2")))))
+
+
+@pytest.fixture(scope="session")
+def real_data_dir():
+    """A folder holding cifar-10-batches-py/ and tiny-imagenet-200/ unpacked from ../shared/data."""
+    prepare = os.path.join(SHARED_DATA, "prepare.py")
+    if not os.path.isfile(prepare):
+        pytest.skip(f"real datasets need {SHARED_DATA} (the shared/ folder beside the checkout), absent here")
+    done = all(os.path.exists(os.path.join(DATA_CACHE, p))
+               for p in ("cifar-10-batches-py/batches.meta", "tiny-imagenet-200/val/val_annotations.txt"))
+    if not done:
+        subprocess.run([sys.executable, prepare, DATA_CACHE], check=True, capture_output=True)
+    return DATA_CACHE
+
+
+def run_script(*args, cwd=REPO, timeout=600):
+    """Run one of the entry scripts in a subprocess; returns the CompletedProcess."""
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
