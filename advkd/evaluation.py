@@ -46,10 +46,10 @@ class FeatureMoments:
         self.m2: Optional[torch.Tensor] = None
 
     def update(self, features: torch.Tensor) -> None:
-        rows = features.detach().reshape(features.shape[0], -1).double()
-        n = rows.shape[0]
+        n = features.shape[0]
         if n == 0:
             return
+        rows = features.detach().reshape(n, -1).double()
         mean = rows.mean(0)
         m2 = (rows - mean).pow(2).sum(0)
         if self.count == 0:
