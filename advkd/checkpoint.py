@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from typing import Any, Dict, Mapping
@@ -81,8 +82,10 @@ def safe_load(path: str, map_location="cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f"it references {found.group(1)}" if found else "it is not a plain tensor file"
         raise UserError(
-            f"refused to load {path}: it needs arbitrary code to unpickle ({str(exc).splitlines()[0][:160]}); "
+            f"refused to load {path}: {what}, which needs arbitrary code to unpickle; "
             "only tensors and plain containers are accepted (weights_only=True), and nothing in it was run. "
             "Re-save it as a plain state dict: torch.save(model.state_dict(), path)") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:

@@ -36,6 +36,16 @@ def device_name(device: torch.device) -> str:
     return "cpu"
 
 
+def configure_determinism(deterministic: bool) -> None:
+    """Deterministic kernels make a resumed run bitwise equal to an unbroken one; otherwise cuDNN
+    may pick the fastest (nondeterministic) algorithms."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
