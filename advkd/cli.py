@@ -99,6 +99,7 @@ def resolve(cfg: argparse.Namespace) -> argparse.Namespace:
     for flag in ("bs", "epochs", "eval_bs"):
         if getattr(cfg, flag) < 1:
             raise UserError(f"--{flag} must be >= 1, got {getattr(cfg, flag)}")
+    method = method.for_config(cfg)  # VarGap also reads the options of its --vg_base
     for flag in ("train_subset", "test_subset"):
         if getattr(cfg, flag) < 0:
             raise UserError(f"--{flag} must be >= 0 (0 = the whole split), got {getattr(cfg, flag)}")

@@ -11,15 +11,23 @@ from .data import Split, test_batches
 
 def attack_accuracy(model: nn.Module, split: Split, batch_size: int,
                     attack: Optional[Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]] = None,
-                    progress: Optional[Callable] = None) -> float:
-    """Accuracy (%) of `model` in eval() mode on `split`, on adversarial inputs when `attack` is given."""
+                    progress: Optional[Callable] = None, moments: Optional["FeatureMoments"] = None) -> float:
+    """Accuracy (%) of `model` in eval() mode on `split`, on adversarial inputs when `attack` is given.
+
+    moments: also accumulate the model's penultimate features of the very inputs it classifies
+    (clean, or the attack's examples) from the same forward pass; no extra attack or pass."""
     correct = torch.zeros((), dtype=torch.long, device=split.labels.device)
     with module_mode(model, False):
         for x, y in test_batches(split, batch_size):
             if attack is not None:
                 x = attack(model, x, y)
             with torch.no_grad():
-                correct += (model(x).argmax(1) == y).sum()
+                if moments is None:
+                    logits = model(x)
+                else:
+                    logits, features = model(x, return_features=True)
+                    moments.update(features)
+                correct += (logits.argmax(1) == y).sum()
             if progress is not None:
                 progress(y.shape[0])
     return 100.0 * correct.item() / max(len(split), 1)

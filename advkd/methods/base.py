@@ -74,6 +74,11 @@ class Method:
     def loss(self, out: StepOutputs, cfg) -> torch.Tensor:
         raise NotImplementedError
 
+    def for_config(self, cfg) -> "Method":
+        """The method as this run configures it. A method whose attack, forwards or options depend on
+        the arguments (VarGap's --vg_base) returns a configured instance; the others return self."""
+        return self
+
     def extra_module(self, student: nn.Module, teacher: Optional[nn.Module]) -> Optional[nn.Module]:
         """Trainable parameters beyond the student's (e.g. a projector), saved with the student."""
         return None
@@ -102,6 +107,7 @@ def training_step(method: Method, student: nn.Module, teacher: Optional[nn.Modul
     The student's forward passes on x and x' are separate train() calls; the teacher is
     frozen and runs without grad outside the attack. T(x) is computed at most once."""
     autocast = autocast or contextlib.nullcontext
+    method = method.for_config(cfg)
     out = StepOutputs(y=y, batch_size=cfg.bs, epoch=epoch)
     needs = set(method.forwards)
     x_adv = x

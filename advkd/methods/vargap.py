@@ -1,0 +1,75 @@
+"""VarGap: distillation that aligns the student's feature statistics with the teacher's (SPEC section 3).
+
+APPROXIMATE re-implementation: only the abstract of the paper is available to us, so the
+alignment losses (advkd/losses/vargap.py) are our design, not the authors'. The total loss is
+L_base + vg_cov * L_cov + vg_gram * L_gram, where L_base and the attack are those of the method
+named by --vg_base, called as they are."""
+from typing import Dict, Optional
+
+import torch.nn as nn
+
+from ..losses import variance_gap_alignment
+from . import adversarial_training, dgad, distillation  # noqa: F401  (the bases register before VarGap)
+from .base import FORWARDS, Method, Option
+from .registry import get_method, register_method
+
+BASES = ("PGDAT", "TRADES", "ARD", "IAD", "RSLAD", "AdaAD", "DGAD")
+DEFAULT_BASE = "RSLAD"
+APPROXIMATE = "approximate re-implementation from the paper's abstract only; not the authors' code or exact losses"
+
+VARGAP_OPTIONS = {
+    "vg_base": Option(DEFAULT_BASE, choices=BASES,
+                      help="VarGap (approximate re-implementation): the method whose attack and loss form L_base; "
+                           "VarGap also reads that method's options"),
+    "vg_cov": Option(1.0, type=float,
+                     help="VarGap (approximate re-implementation, weight not from the paper): weight of "
+                          "||Cov(P f_S) - Cov(f_T)||_F^2 / d_T^2 on the clean plus the adversarial batch, "
+                          "P a learned linear projector"),
+    "vg_gram": Option(0.0, type=float,
+                      help="VarGap (approximate re-implementation, weight not from the paper): weight of "
+                           "||G_S - G_T||_F^2 / N^2, G the Gram matrix of row-normalised features, on the clean "
+                           "plus the adversarial batch (0 = off)"),
+}
+
+
+@register_method
+class VarGap(Method):
+    name = "VarGap"
+    summary = (f"[{APPROXIMATE}] L_base (--vg_base, default {DEFAULT_BASE}, with its own attack) + alignment of the "
+               "student's (projected) penultimate-feature covariance and/or Gram matrix to the teacher's, on clean "
+               "and adversarial batches")
+    paper = ("Adversarially Robust Distillation by Reducing the Student-Teacher Variance Gap (Dong, Koniusz, Chen, "
+             f"Ong, ECCV 2024) [{APPROXIMATE}]")
+    needs_teacher = True
+    with_features = True
+
+    def __init__(self, base: str = DEFAULT_BASE, root: Optional["VarGap"] = None):
+        self.base = get_method(base)
+        self.attack = self.base.attack
+        self.forwards = tuple(dict.fromkeys(self.base.forwards + FORWARDS))
+        self.options = {**VARGAP_OPTIONS, **self.base.options}
+        # The registered instance owns the projector; the instances configured for each base share it.
+        self.root = root or self
+        self.projector: Optional[nn.Module] = None
+        self._configured: Dict[str, "VarGap"] = {base: self}
+
+    def for_config(self, cfg) -> "VarGap":
+        base = getattr(cfg, "vg_base", None) or DEFAULT_BASE
+        configured = self.root._configured
+        if base not in configured:
+            configured[base] = VarGap(base, root=self.root)
+        return configured[base]
+
+    def extra_module(self, student: nn.Module, teacher: Optional[nn.Module]) -> nn.Module:
+        """P: student features -> teacher width, for the covariance term (a bias would cancel in Cov)."""
+        self.root.projector = nn.Linear(student.feature_dim, teacher.feature_dim, bias=False)
+        return self.root.projector
+
+    def loss(self, out, cfg):
+        projector = self.root.projector
+        if projector is None:
+            raise RuntimeError("VarGap's projector is made by extra_module(student, teacher); call it first")
+        f = out.features
+        alignment = variance_gap_alignment(projector(f["s_clean"]), projector(f["s_adv"]), f["s_clean"], f["s_adv"],
+                                           f["t_clean"], f["t_adv"], cov_weight=cfg.vg_cov, gram_weight=cfg.vg_gram)
+        return self.base.loss(out, cfg) + alignment
