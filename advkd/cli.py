@@ -83,10 +83,11 @@ def resolve(cfg: argparse.Namespace) -> argparse.Namespace:
     for flag in ("model", "teacher_model"):
         if not is_known_model(getattr(cfg, flag)):
             raise UserError(f"unknown --{flag} {getattr(cfg, flag)!r}; choose from {', '.join(model_names())}")
+    method = method.for_config(cfg)  # VarGap also reads the options of its --vg_base
     for name, (option, users) in all_options().items():
-        if name in method.options:
+        if name in method.options:  # defaults are per method: ARD and IAD share --temp, not its default
             if getattr(cfg, name) is None:
-                setattr(cfg, name, option.resolve_default(cfg))
+                setattr(cfg, name, method.options[name].resolve_default(cfg))
         elif getattr(cfg, name) is not None:
             raise UserError(f"--{name} is not used by --method {cfg.method} (it is an option of "
                             f"{', '.join(users)}); remove it")
@@ -99,7 +100,6 @@ def resolve(cfg: argparse.Namespace) -> argparse.Namespace:
     for flag in ("bs", "epochs", "eval_bs"):
         if getattr(cfg, flag) < 1:
             raise UserError(f"--{flag} must be >= 1, got {getattr(cfg, flag)}")
-    method = method.for_config(cfg)  # VarGap also reads the options of its --vg_base
     for flag in ("train_subset", "test_subset"):
         if getattr(cfg, flag) < 0:
             raise UserError(f"--{flag} must be >= 0 (0 = the whole split), got {getattr(cfg, flag)}")
