@@ -5,10 +5,11 @@ import sys
 from typing import Dict, Optional, Sequence
 
 from .data import DATASETS
-from .engine import SCHEDULES, train
+from .engine import SCHEDULES, RunInterrupted, train
 from .errors import UserError, exit_on_user_error, warn
 from .methods import all_options, get_method, method_names
 from .models import is_known_model, model_names
+from .precision import PRECISIONS
 
 DEFAULT_LR = {"mobilenetV2": 0.05}  # everything else: 0.1
 
@@ -29,10 +30,17 @@ def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentPars
                    help="where the run's files go (default checkpoints/<dataset>/<method>/<name from the flags>)")
     g.add_argument("--resume", action="store_true", help="continue from last.pth in --save_dir")
     g.add_argument("--overwrite", action="store_true", help="replace a run already in --save_dir")
+    g.add_argument("--stop_after", type=int, default=0,
+                   help="stop cleanly after this many epochs of this invocation (fits a scheduler's time slot; "
+                        "continue with --resume); 0 = run to --epochs")
     g.add_argument("--train_subset", type=int, default=0, help="use the first N training images (0 = all)")
     g.add_argument("--test_subset", type=int, default=0, help="use the first N test images (0 = all)")
     g.add_argument("--seed", type=int, default=42, help="applied before models are built")
     g.add_argument("--gpu_id", type=int, default=0, help="use cuda:<id>; the CPU when CUDA is unavailable")
+    g.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms: a resumed run matches an unbroken one bitwise (slower on CUDA)")
+    g.add_argument("--nan_policy", default="stop", choices=("stop", "skip"),
+                   help="on a non-finite loss: stop the run, or skip that batch's update (one host sync per step)")
 
     g = p.add_argument_group("attack (epsilon and step size in 1/255 pixel units)")
     g.add_argument("--epsilon", type=float, default=8)
@@ -47,6 +55,15 @@ def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentPars
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--weight_decay", type=float, default=5e-4)
     g.add_argument("--eval_bs", type=int, default=512, help="batch size of the per-epoch test evaluation")
+
+    g = p.add_argument_group("speed (see bench.py)")
+    g.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="bf16: the networks run under bf16 autocast in the attack and the update (images, "
+                        "perturbations and losses stay fp32); fp32 stays the default until bf16 is shown to "
+                        "keep robustness")
+    g.add_argument("--channels_last", action="store_true", help="NHWC weights and batches (faster convolutions on GPUs)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the networks (minutes of compilation first; opt-in)")
 
     g = p.add_argument_group("method options (each is rejected for a method that does not read it)")
     for name, (option, users) in sorted(all_options().items()):
@@ -70,6 +87,8 @@ def default_save_dir(cfg, method) -> str:
             parts.append(name if value is True else f"{name}{value}")
     if cfg.train_subset:
         parts.append(f"sub{cfg.train_subset}")
+    if getattr(cfg, "precision", "fp32") != "fp32":
+        parts.append(cfg.precision)
     parts.append(f"seed{cfg.seed}")
     return os.path.join("checkpoints", cfg.dataset, cfg.method, "_".join(parts))
 
@@ -100,9 +119,9 @@ def resolve(cfg: argparse.Namespace) -> argparse.Namespace:
     for flag in ("bs", "epochs", "eval_bs"):
         if getattr(cfg, flag) < 1:
             raise UserError(f"--{flag} must be >= 1, got {getattr(cfg, flag)}")
-    for flag in ("train_subset", "test_subset"):
+    for flag in ("train_subset", "test_subset", "stop_after"):
         if getattr(cfg, flag) < 0:
-            raise UserError(f"--{flag} must be >= 0 (0 = the whole split), got {getattr(cfg, flag)}")
+            raise UserError(f"--{flag} must be >= 0, got {getattr(cfg, flag)}")
     if cfg.lr_max is None:
         cfg.lr_max = DEFAULT_LR.get(cfg.model, 0.1)
     if method.needs_teacher and cfg.teacher_path is None:
@@ -120,7 +139,13 @@ def run(prog_defaults: Dict, description: str, argv: Optional[Sequence[str]] = N
     with exit_on_user_error():
         try:
             train(resolve(cfg))
+        except RunInterrupted as stop:
+            resume = " ".join([os.path.basename(sys.argv[0]) or "main.py"] +
+                              [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--resume"])
+            print(f"{stop}. Resume with: python {resume} --resume", file=sys.stderr, flush=True)
+            return stop.exit_code
         except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+            print("interrupted before last.pth was saved; resume continues from the last completed epoch",
+                  file=sys.stderr, flush=True)
             return 130
     return 0

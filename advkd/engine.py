@@ -129,6 +129,8 @@ class Trainer:
         configure_determinism(cfg.deterministic)
         seed_everything(cfg.seed)
         self.generator = make_generator(self.device, cfg.seed)
+        if self.method.needs_teacher and not os.path.isfile(cfg.teacher_path):
+            raise UserError(teacher_missing_message(cfg))  # before minutes of data loading
         self.train_split = load_split(cfg.dataset, cfg.data_dir, "train", self.device, cfg.train_subset, cfg.download)
         self.test_split = load_split(cfg.dataset, cfg.data_dir, "test", self.device, cfg.test_subset, cfg.download)
         self.student = build_model(cfg.model, self.info.num_classes).to(self.device)
@@ -331,7 +333,8 @@ class Trainer:
             print(f"{cfg.save_dir} has already completed {self.state.epoch} epochs", flush=True)
             return self.state
         with self.stop_on_signals():
-            for epoch in range(self.state.epoch + 1, cfg.epochs + 1):
+            first_epoch = self.state.epoch + 1
+            for epoch in range(first_epoch, cfg.epochs + 1):
                 progress = in_progress if in_progress and in_progress.pop("epoch") == epoch else None
                 in_progress = None
                 lr = learning_rate(cfg.lr_schedule, cfg.lr_max, epoch - 1, cfg.epochs)
@@ -359,6 +362,9 @@ class Trainer:
                       f"{row['images_per_second']:.1f} img/s{skipped})", flush=True)
                 if self.stop_signal is not None and epoch < cfg.epochs:
                     raise RunInterrupted(self.stop_signal, epoch, None)
+                if cfg.stop_after and epoch - first_epoch + 1 >= cfg.stop_after and epoch < cfg.epochs:
+                    print(f"stopped after {cfg.stop_after} epochs (--stop_after); continue with --resume", flush=True)
+                    break
         return self.state
 
 
