@@ -1,0 +1,101 @@
+"""Every method trains one epoch end to end through main.py on a tiny real CIFAR-10 subset; a TRADES
+run makes the teacher that the distillation runs load with --teacher_path.
+
+The TRADES run goes through main.py in a subprocess, exactly as a user runs it; the others run
+main.py's own entry point (its DEFAULTS and `run`) in this process, which saves one torch import
+(several seconds) per method."""
+import csv
+import json
+import math
+import os
+import runpy
+
+import pytest
+
+from advkd.checkpoint import load_weights, safe_load
+from advkd.methods import get_method
+from advkd.models import build_model
+from conftest import REPO, run_script
+
+MODEL = "wideresnet10_1"
+TINY = ("--model", MODEL, "--train_subset", "64", "--test_subset", "32", "--bs", "32", "--eval_bs", "32",
+        "--num_steps", "2", "--epochs", "1")
+
+
+def run_main_in_process(*args):
+    main = runpy.run_path(os.path.join(REPO, "main.py"))  # its DEFAULTS and entry, without __main__
+    try:
+        return main["run"](main["DEFAULTS"], "test", list(args))
+    except SystemExit as exc:  # a UserError exits 2
+        return exc.code
+
+
+def check_run(save_dir, method):
+    """One results row with a finite variance gap, the method recorded in config.json, and a
+    best checkpoint that loads into a plain student."""
+    with open(os.path.join(save_dir, "results.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and rows[0]["epoch"] == "1"
+    assert math.isfinite(float(rows[0]["test_variance_gap"]))
+    assert math.isfinite(float(rows[0]["train_loss"]))
+    with open(os.path.join(save_dir, "config.json")) as f:
+        config = json.load(f)
+    described = get_method(method).describe()
+    assert (config["method"], config["paper"], config["summary"]) == (method, described["paper"],
+                                                                      described["summary"])
+    best = os.path.join(save_dir, "best_PGD10_acc_model.pth")
+    load_weights(build_model(MODEL, 10), best, name=MODEL, path=best)
+    return rows[0], config, safe_load(best)
+
+
+@pytest.fixture(scope="module")
+def trades_teacher(real_data_dir, tmp_path_factory):
+    save_dir = str(tmp_path_factory.mktemp("trades"))
+    result = run_script("main.py", "--method", "TRADES", *TINY, "--data_dir", real_data_dir, "--save_dir", save_dir,
+                        "--overwrite")
+    assert result.returncode == 0, result.stderr
+    _, config, _ = check_run(save_dir, "TRADES")
+    assert config["trades_beta"] == 6.0 and config["teacher_path"] is None
+    return os.path.join(save_dir, "best_PGD10_acc_model.pth")
+
+
+def test_trades_teacher_is_loaded_by_a_following_dgad_run(trades_teacher, real_data_dir, tmp_path, capsys):
+    code = run_main_in_process("--method", "DGAD", *TINY, "--teacher_model", MODEL, "--teacher_path", trades_teacher,
+                               "--data_dir", real_data_dir, "--save_dir", str(tmp_path))
+    assert code == 0, capsys.readouterr().err
+    _, config, _ = check_run(str(tmp_path), "DGAD")
+    assert config["teacher_path"] == trades_teacher
+
+
+@pytest.mark.parametrize("method, flags, recorded", [
+    ("Natural", (), {}),
+    ("PGDAT", (), {}),
+    ("ARD", (), {"temp": 30.0, "ARD_alpha": 1.0, "kl_reduction": "authors"}),
+    ("IAD", ("--IAD_begin", "0"), {"temp": 1.0, "IAD_begin": 0, "IAD_beta": 0.1}),  # introspection on at once
+    ("RSLAD", ("--kl_reduction", "batchmean"), {"kl_reduction": "batchmean"}),
+    ("AdaAD", (), {"AdaAD_alpha": 1.0, "kl_reduction": "authors"}),
+    ("VarGap", ("--vg_gram", "1"), {"vg_base": "RSLAD", "vg_cov": 1.0, "vg_gram": 1.0, "kl_reduction": "authors"}),
+])
+def test_every_method_trains_one_epoch_through_main(method, flags, recorded, trades_teacher, real_data_dir,
+                                                    tmp_path, capsys):
+    teacher = ("--teacher_model", MODEL, "--teacher_path", trades_teacher) if get_method(method).needs_teacher else ()
+    code = run_main_in_process("--method", method, *TINY, *teacher, *flags, "--data_dir", real_data_dir,
+                               "--save_dir", str(tmp_path))
+    assert code == 0, capsys.readouterr().err
+    _, config, best = check_run(str(tmp_path), method)
+    assert {key: config[key] for key in recorded} == recorded
+    if method == "VarGap":
+        # The projector (student width -> teacher width) is saved beside the plain student weights.
+        assert "approximate re-implementation" in config["summary"]
+        assert tuple(best["extra"]["weight"].shape) == (64, 64)
+        assert tuple(safe_load(os.path.join(str(tmp_path), "last.pth"))["extra"]["weight"].shape) == (64, 64)
+    else:
+        assert "extra" not in best
+
+
+def test_an_option_of_another_method_stops_the_run_before_anything_is_written(tmp_path, capsys):
+    save_dir = tmp_path / "run"
+    code = run_main_in_process("--method", "PGDAT", *TINY, "--trades_beta", "3", "--save_dir", str(save_dir))
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --trades_beta is not used by --method PGDAT")
+    assert len(err.strip().splitlines()) == 1 and not save_dir.exists()
