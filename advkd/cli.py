@@ -14,9 +14,25 @@ from .precision import PRECISIONS
 DEFAULT_LR = {"mobilenetV2": 0.05}  # everything else: 0.1
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """'(default: X)' after each help, except where the parsed default is None: those defaults are
+    resolved later (from other flags, or per method) and the help says what they are."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def readers_and_defaults(name: str, users) -> str:
+    """'[ARD: 30.0, IAD: 1.0]': the methods that read option `name`, each with its own default."""
+    parts = []
+    for user in users:
+        option = get_method(user).options[name]
+        parts.append(user if option.flag or callable(option.default) else f"{user}: {option.default}")
+    return f"[{', '.join(parts)}]"
+
+
 def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     g = p.add_argument_group("run")
     g.add_argument("--dataset", default=prog_defaults["dataset"], choices=prog_defaults["datasets"])
     g.add_argument("--model", default="resnet18", help=f"student: {', '.join(model_names())}")
@@ -67,7 +83,7 @@ def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentPars
 
     g = p.add_argument_group("method options (each is rejected for a method that does not read it)")
     for name, (option, users) in sorted(all_options().items()):
-        help_text = f"{option.help} [{', '.join(users)}]"
+        help_text = f"{option.help} {readers_and_defaults(name, users)}"
         if option.flag:
             g.add_argument(f"--{name}", action="store_true", default=None, help=help_text)
         else:

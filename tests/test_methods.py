@@ -342,6 +342,9 @@ def test_shared_option_names_keep_each_methods_default():
     assert config("VarGap", "--vg_base", "TRADES").trades_beta == 6.0
     assert config("RSLAD").kl_reduction == "authors"
     assert config("TRADES").kl_reduction is None
+    help_text = " ".join(build_parser(CIFAR_DEFAULTS, "test").format_help().split())
+    assert "[ARD: 30.0, IAD: 1.0]" in help_text and "[TRADES: 6.0]" in help_text
+    assert "(default: None)" not in help_text
 
 
 def test_every_method_is_registered():

@@ -12,9 +12,9 @@ KL_REDUCTION = Option(
     help="reduction of the distillation KL: 'authors' as each method's released code (ARD and RSLAD: mean "
          "over the N*C entries, RSLAD x10 on CIFAR-100; AdaAD: mean over N*C on CIFAR-10, per-sample mean on "
          "CIFAR-100 and Tiny ImageNet); 'batchmean': summed over classes, averaged over samples")
-TEMPERATURE_HELP = "softmax temperature tau of the teacher-to-student KL, which is scaled by tau^2 (ARD 30, IAD 1)"
+TEMPERATURE_HELP = "softmax temperature tau of the teacher-to-student KL, which is scaled by tau^2"
 ALPHA_HELP = ("alpha: weight of the distillation terms; 1 - alpha weighs CE(S(x), y) on clean inputs "
-              "(default 1: no cross-entropy)")
+              "(alpha = 1: no cross-entropy)")
 # ARD and IAD attack alike: PGD on the student's cross-entropy, student in train() mode, so the
 # attack's forward passes update its BatchNorm running statistics (as the authors' code does).
 CE_TRAIN_MODE_ATTACK = AttackSpec(inner_loss=ce_sum, init="uniform", train_mode=True)
