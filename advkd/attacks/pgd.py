@@ -88,8 +88,18 @@ def kl_sum(logits, y, reference):
     return F.kl_div(F.log_softmax(logits, dim=1), F.softmax(reference, dim=1), reduction="sum")
 
 
-def cw_margin_sum(logits, y, reference=None, confidence: float = 50.0):
-    """sum_i clamp(max_{c != y} z_c - z_y, min=-confidence): the CW-inf margin loss."""
+def cw_hinge(logits, y, confidence: float):
+    """Per example max(z_y - max_{c != y} z_c + confidence, 0): how far the true class still leads,
+    plus the margin; 0 once another class leads z_y by `confidence`. Ties among the other classes
+    send the gradient to one of them (`max`, as the reference CW code does), not split it (`amax`)."""
     true = logits.gather(1, y[:, None]).squeeze(1)
-    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
-    return (other - true).clamp(min=-confidence).sum()
+    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).max(1).values
+    return (true - other + confidence).clamp(min=0)
+
+
+def cw_margin_sum(logits, y, reference=None, confidence: float = 50.0):
+    """sum_i -cw_hinge: the CW-inf loss that the ARD/IAD/RSLAD evaluations maximise. It stops pushing
+    an example once another class leads z_y by `confidence`; it never stops on an example the model
+    gets right, however confidently (the reading "margin clamped at -confidence from below" would,
+    which is not what that code does)."""
+    return -cw_hinge(logits, y, confidence).sum()
