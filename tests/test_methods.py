@@ -299,6 +299,15 @@ def test_vargap_with_another_base_uses_its_attack_loss_and_options():
     assert math.isclose(method.loss(outputs(features=features()), cfg).item(), expected, rel_tol=1e-9)
 
 
+def test_vargap_computes_its_alignment_in_fp32_from_bf16_features():
+    cfg = config("VarGap", "--vg_gram", "1")
+    method = vargap_with_projector(cfg)
+    method.root.projector.float()
+    bf16 = {key: torch.tensor(rows, dtype=torch.bfloat16) for key, rows in FEATURES.items()}  # all exact in bf16
+    expected = rslad_by_hand(N * C) + vargap_alignment_by_hand(1.0, 1.0)
+    assert math.isclose(method.loss(outputs(features=bf16), cfg).item(), expected, rel_tol=1e-6)
+
+
 def test_vargap_gradients_reach_the_student_and_projector_not_the_teacher():
     cfg = config("VarGap", "--vg_gram", "1")
     method = vargap_with_projector(cfg)

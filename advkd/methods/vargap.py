@@ -6,6 +6,7 @@ L_base + vg_cov * L_cov + vg_gram * L_gram, where L_base and the attack are thos
 named by --vg_base, called as they are."""
 from typing import Dict, Optional
 
+import torch
 import torch.nn as nn
 
 from ..losses import variance_gap_alignment
@@ -69,7 +70,8 @@ class VarGap(Method):
         projector = self.root.projector
         if projector is None:
             raise RuntimeError("VarGap's projector is made by extra_module(student, teacher); call it first")
-        f = out.features
+        # Features come out of autocast in bf16; covariances need at least fp32.
+        f = {key: value.to(torch.promote_types(value.dtype, torch.float32)) for key, value in out.features.items()}
         alignment = variance_gap_alignment(projector(f["s_clean"]), projector(f["s_adv"]), f["s_clean"], f["s_adv"],
                                            f["t_clean"], f["t_adv"], cov_weight=cfg.vg_cov, gram_weight=cfg.vg_gram)
         return self.base.loss(out, cfg) + alignment
