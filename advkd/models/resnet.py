@@ -4,6 +4,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def make_stage(block, in_planes: int, planes: int, n: int, stride: int) -> nn.Sequential:
+    """n blocks of `block`; only the first changes width and stride."""
+    return nn.Sequential(*[block(in_planes if i == 0 else planes, planes, stride if i == 0 else 1)
+                           for i in range(n)])
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
@@ -27,22 +33,15 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     def __init__(self, num_blocks=(2, 2, 2, 2), num_classes: int = 10):
         super().__init__()
-        self.in_planes = 64
         self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
-        self.layer1 = self._make_layer(64, num_blocks[0], 1)
-        self.layer2 = self._make_layer(128, num_blocks[1], 2)
-        self.layer3 = self._make_layer(256, num_blocks[2], 2)
-        self.layer4 = self._make_layer(512, num_blocks[3], 2)
+        self.layer1 = make_stage(BasicBlock, 64, 64, num_blocks[0], 1)
+        self.layer2 = make_stage(BasicBlock, 64, 128, num_blocks[1], 2)
+        self.layer3 = make_stage(BasicBlock, 128, 256, num_blocks[2], 2)
+        self.layer4 = make_stage(BasicBlock, 256, 512, num_blocks[3], 2)
         self.feature_dim = 512
         self.linear = nn.Linear(512, num_classes)
 
-    def _make_layer(self, planes, n, stride):
-        layers = []
-        for s in [stride] + [1] * (n - 1):
-            layers.append(BasicBlock(self.in_planes, planes, s))
-            self.in_planes = planes
-        return nn.Sequential(*layers)
 
     def forward(self, x, return_features: bool = False):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -76,21 +75,14 @@ class PreActResNet18Tiny(nn.Module):
 
     def __init__(self, num_classes: int = 200):
         super().__init__()
-        self.in_planes = 64
         self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-        self.layer1 = self._make_layer(64, 2, 1)
-        self.layer2 = self._make_layer(128, 2, 2)
-        self.layer3 = self._make_layer(256, 2, 2)
-        self.layer4 = self._make_layer(512, 2, 2)
+        self.layer1 = make_stage(PreActBlock, 64, 64, 2, 1)
+        self.layer2 = make_stage(PreActBlock, 64, 128, 2, 2)
+        self.layer3 = make_stage(PreActBlock, 128, 256, 2, 2)
+        self.layer4 = make_stage(PreActBlock, 256, 512, 2, 2)
         self.feature_dim = 2048
         self.linear = nn.Linear(2048, num_classes)
 
-    def _make_layer(self, planes, n, stride):
-        layers = []
-        for s in [stride] + [1] * (n - 1):
-            layers.append(PreActBlock(self.in_planes, planes, s))
-            self.in_planes = planes
-        return nn.Sequential(*layers)
 
     def forward(self, x, return_features: bool = False):
         out = self.conv1(x)
