@@ -74,6 +74,7 @@ def resolve(cfg: argparse.Namespace) -> argparse.Namespace:
     folder = os.path.dirname(os.path.abspath(cfg.out))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise UserError(f"cannot write the report {cfg.out}: {folder} is not a writable folder (choose --out)")
+    cfg.existing_report = None if cfg.overwrite else existing_report(cfg.out)
     return cfg
 
 
@@ -98,19 +99,27 @@ def load_model(cfg, num_classes: int) -> Tuple[nn.Module, Dict]:
     return model, meta
 
 
-def previous_results(cfg, identity: Dict, sha256: str) -> Dict:
-    """Results of an earlier report at --out that this run extends ({} when there is none to keep)."""
-    if not os.path.exists(cfg.out) or cfg.overwrite:
-        return {}
+def existing_report(out: str) -> Optional[Dict]:
+    """The report already at `out`, if any; a file there that is not one is not ours to replace."""
+    if not os.path.exists(out):
+        return None
     try:
-        with open(cfg.out) as f:
+        with open(out) as f:
             report = json.load(f)
-        if report.get("format") != REPORT_FORMAT:
-            raise ValueError("not an evaluation report")
+        if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
+            raise ValueError(f"no \"format\": \"{REPORT_FORMAT}\"")
     except (OSError, ValueError) as exc:
-        raise UserError(f"{cfg.out} exists and is not an evaluation report of this tool ({exc}); "
+        raise UserError(f"{out} exists and is not an evaluation report of this tool ({exc}); "
                         f"choose another --out or pass --overwrite") from None
-    if report.get("checkpoint", {}).get("sha256") != sha256:
+    return report
+
+
+def report_to_extend(cfg, identity: Dict, sha256: str) -> Dict:
+    """The report at --out when this run extends it (same checkpoint and settings), else {}."""
+    report = cfg.existing_report
+    if report is None:
+        return {}
+    if (report.get("checkpoint") or {}).get("sha256") != sha256:
         print(f"{cfg.out} describes an earlier version of {cfg.model_path} (another sha256): replacing it",
               flush=True)
         return {}
@@ -119,10 +128,10 @@ def previous_results(cfg, identity: Dict, sha256: str) -> Dict:
     if differences:
         raise UserError(f"{cfg.out} holds an evaluation of this checkpoint with other settings "
                         f"({', '.join(differences)}); choose another --out or pass --overwrite to replace it")
-    kept = {name: entry for name, entry in report.get("results", {}).items() if name not in cfg.attack_names}
+    kept = [name for name in report.get("results", {}) if name not in cfg.attack_names]
     if kept:
         print(f"keeping {', '.join(kept)} from {cfg.out}", flush=True)
-    return kept
+    return report
 
 
 # -- checks ----------------------------------------------------------------------------------------
@@ -247,21 +256,24 @@ def evaluate(cfg) -> Dict:
     seed_everything(cfg.seed)
     split = load_split(cfg.dataset, cfg.data_dir, "test", device, cfg.n_ex, cfg.download)
     identity["n_examples"] = len(split)
-    results = previous_results(cfg, identity, sha256)
+    split_name = "val" if cfg.dataset == "Tiny_Image" else "test"  # Tiny ImageNet's labelled held-out set
+    previous = report_to_extend(cfg, identity, sha256)
+    results = {name: entry for name, entry in previous.get("results", {}).items() if name not in cfg.attack_names}
     model = model.to(device).eval().requires_grad_(False)
     buffers = buffers_of(model)
 
     report = dict(identity)
     report.update({
         "format": REPORT_FORMAT, "complete": False, "protocol_description": protocol.description,
-        "eps_255": cfg.eps, "num_classes": info.num_classes, "split": "test (Tiny ImageNet: val)",
+        "eps_255": cfg.eps, "num_classes": info.num_classes, "split": split_name,
         "batch_size": cfg.bs, "seed": cfg.seed,
         "checkpoint": dict(path=os.path.abspath(cfg.model_path), sha256=sha256, **checkpoint_meta),
         "versions": {"torch": torch.__version__, "pyautoattack": pyautoattack_version(),
                      "python": platform.python_version(), "advkd_git_commit": git_commit()},
         "device": device_name(device), "command": " ".join(shlex.quote(a) for a in cfg.command),
-        "created": now(), "results": results, "variance_gap": None, "warnings": []})
-    print(f"evaluating {cfg.model_path} (sha256 {sha256[:12]}), {cfg.model} on {cfg.dataset} test, "
+        "created": now(), "results": results, "attacks": [n for n in protocol.attacks if n in results],
+        "variance_gap": previous.get("variance_gap"), "warnings": []})
+    print(f"evaluating {cfg.model_path} (sha256 {sha256[:12]}), {cfg.model} on {cfg.dataset} {split_name}, "
           f"n={len(split)}, protocol {cfg.protocol} ({protocol.description}), eps {cfg.eps:g}/255, "
           f"device {report['device']}", flush=True)
 
@@ -294,7 +306,8 @@ def evaluate(cfg) -> Dict:
                      f" of {', '.join(described['attacks_to_run'])}]")
             warnings += [f"AutoAttack: {message}" for message in described["autoattack_warnings"]]
         print(line, flush=True)
-        report["results"] = {n: results[n] for n in protocol.attacks if n in results}
+        report["results"] = results
+        report["attacks"] = [n for n in protocol.attacks if n in results]  # JSON objects have no order
         atomic_write_json(cfg.out, report)  # after each attack: a long run that dies keeps what it finished
 
     if clean_moments is not None and adv_moments is not None:
@@ -308,7 +321,7 @@ def evaluate(cfg) -> Dict:
     if not checks["buffers_unchanged"]:
         warnings.append("the model's buffers (BatchNorm statistics) changed during the evaluation: "
                         "some attack ran it in train mode; these numbers are not of the saved model")
-    ordering = ordering_warnings(report["results"], protocol.pgd)
+    ordering = ordering_warnings(results, protocol.pgd)
     checks["ordering_ok"] = not ordering
     warnings += ordering
     for message in warnings:
@@ -316,7 +329,7 @@ def evaluate(cfg) -> Dict:
     report.update({"checks": checks, "warnings": warnings, "complete": True, "finished": now()})
     atomic_write_json(cfg.out, report)
 
-    print(format_table(report["results"], protocol.attacks))
+    print(format_table(results, protocol.attacks))
     gap = report["variance_gap"]
     if gap is not None:
         print(f"variance gap (tr Cov of penultimate features, {TITLES[protocol.pgd]} minus clean): "
