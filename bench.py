@@ -27,7 +27,7 @@ from advkd.methods import get_method, training_step
 from advkd.models import build_model
 from advkd.plain import host_batches, plain_models, plain_step
 from advkd.precision import autocast_factory, compute_dtype, prepare_batch, prepare_model
-from advkd.runtime import device_name, make_generator, resolve_device, seed_everything
+from advkd.runtime import configure_determinism, device_name, make_generator, resolve_device, seed_everything
 
 DEFAULTS = {"dataset": "CIFAR10", "datasets": ["CIFAR10", "CIFAR100", "Tiny_Image"],
             "teacher_model": "wideresnet34_10"}
@@ -128,6 +128,7 @@ def run_bench(cfg) -> Dict:
     info = dataset_info(cfg.dataset)
     device = resolve_device(cfg.gpu_id)
     autocast = autocast_factory(cfg.precision, device)  # rejects bf16 on a GPU without it, before any work
+    configure_determinism(cfg.deterministic)  # as training does: cuDNN autotuning unless --deterministic
     seed_everything(cfg.seed)
 
     print(f"measuring the matmul peak on {device_name(device)} ...", file=sys.stderr, flush=True)
@@ -202,6 +203,7 @@ def run_bench(cfg) -> Dict:
     report = {
         "device": device_name(device), "torch_version": str(torch.__version__),
         "tf32_convolutions": bool(torch.backends.cudnn.allow_tf32) if device.type == "cuda" else False,
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if device.type == "cuda" else False,
         "config": {"method": cfg.method, "model": cfg.model, "teacher_model": cfg.teacher_model,
                    "teacher_weights": cfg.teacher_weights or ("random init" if method.needs_teacher else None),
                    "dataset": cfg.dataset, "data": cfg.data_dir or "synthetic", "bs": cfg.bs,
