@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from .attacks import ce_sum, module_mode, pyautoattack_version
 from .checkpoint import atomic_write_json, load_weights, safe_load, sha256_of
+from .cli import HelpFormatter
 from .data import Split, dataset_info, load_split, to_float
 from .errors import UserError, exit_on_user_error, warn
 from .evaluation import FeatureMoments, attack_accuracy
@@ -31,7 +32,7 @@ EPS_SLACK = 1e-6    # float32 rounding of x + delta
 
 
 def build_parser(defaults: Dict, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     p.add_argument("--dataset", default=defaults["dataset"], choices=defaults["datasets"])
     p.add_argument("--model", default="resnet18", help=f"architecture: {', '.join(model_names())}")
     p.add_argument("--model_path", required=True,
