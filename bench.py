@@ -150,7 +150,7 @@ def run_bench(cfg) -> Dict:
     if extra is not None:
         extra.to(device)
     # The plain copies are taken before our networks change layout or get compiled. A method's
-    # extra module (e.g. VarGap's projector) is held by the method itself, so both paths share it.
+    # extra module (e.g. VarGap's projector) is passed to both steps: they share it.
     plain_student, plain_teacher = plain_models(student, teacher)
 
     step_student = prepare_model(student, cfg.channels_last, cfg.compile)
@@ -164,7 +164,7 @@ def run_bench(cfg) -> Dict:
         def step(x, y, clock: Optional[PhaseClock] = None):
             x = prepare_batch(x, cfg.channels_last)
             loss, _ = training_step(method, net_student, net_teacher, x, y, cfg, 1, generator=device_generator,
-                                    autocast=autocast)
+                                    autocast=autocast, extra=extra)
             if clock is not None:
                 clock.mark("update")
             ours_optimizer.zero_grad(set_to_none=True)
@@ -173,7 +173,8 @@ def run_bench(cfg) -> Dict:
         return step
 
     def plain(x, y, clock: Optional[PhaseClock] = None):
-        loss, _ = plain_step(method, plain_student, plain_teacher, x, y, cfg, 1, generator=device_generator)
+        loss, _ = plain_step(method, plain_student, plain_teacher, x, y, cfg, 1, generator=device_generator,
+                             extra=extra)
         if clock is not None:
             clock.mark("update")
         plain_optimizer.zero_grad(set_to_none=True)

@@ -261,7 +261,7 @@ class Trainer:
                 continue  # replayed only to advance the generator exactly as the interrupted run did
             x = prepare_batch(x, getattr(self.cfg, "channels_last", False))
             loss, out = training_step(self.method, self.step_student, self.step_teacher, x, y, self.cfg, epoch,
-                                      generator=None, autocast=self.autocast)
+                                      generator=None, autocast=self.autocast, extra=self.extra)
             finite = torch.isfinite(loss.detach())
             if self.cfg.nan_policy == "skip":
                 if not finite.item():  # the host must decide before the update: one sync per step

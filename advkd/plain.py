@@ -63,14 +63,15 @@ def plain_attack(method: Method, student: nn.Module, teacher: Optional[nn.Module
 
 
 def plain_step(method: Method, student: nn.Module, teacher: Optional[nn.Module], x: torch.Tensor,
-               y: torch.Tensor, cfg, epoch: int, generator: Optional[torch.Generator] = None):
+               y: torch.Tensor, cfg, epoch: int, generator: Optional[torch.Generator] = None,
+               extra: Optional[nn.Module] = None):
     """(loss, StepOutputs) as `training_step` returns them, computed the plain way."""
     method = method.for_config(cfg)
     x_adv = plain_attack(method, student, teacher, x, y, cfg, generator) if method.attack is not None else x
     for model in (student, teacher):  # the attack left weight gradients behind
         if model is not None:
             model.zero_grad(set_to_none=True)
-    out = StepOutputs(y=y, batch_size=cfg.bs, epoch=epoch)
+    out = StepOutputs(y=y, batch_size=cfg.bs, epoch=epoch, extra=extra)
     student.train()
     inputs = {"s_clean": (student, x), "s_adv": (student, x_adv), "t_clean": (teacher, x), "t_adv": (teacher, x_adv)}
     for key in ("s_clean", "s_adv", "t_clean", "t_adv"):

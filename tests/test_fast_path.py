@@ -59,13 +59,14 @@ def test_plain_and_fast_paths_agree_in_fp32(name):
     method = get_method(name).for_config(cfg)
     student, teacher = networks(teacher=method.needs_teacher)
     plain_student, plain_teacher = plain_models(student, teacher)
-    method.extra_module(student, teacher)  # e.g. VarGap's projector, which both paths then share
+    extra = method.extra_module(student, teacher)  # e.g. VarGap's projector, which both paths then share
     x, y = batch()
     fast_seen, h1 = update_inputs(student)
     plain_seen, h2 = update_inputs(plain_student)
-    loss, out = training_step(method, student, teacher, x, y, cfg, 1, generator=torch.Generator().manual_seed(7))
+    loss, out = training_step(method, student, teacher, x, y, cfg, 1, generator=torch.Generator().manual_seed(7),
+                              extra=extra)
     plain_loss, plain_out = plain_step(method, plain_student, plain_teacher, x, y, cfg, 1,
-                                       generator=torch.Generator().manual_seed(7))
+                                       generator=torch.Generator().manual_seed(7), extra=extra)
     h1.remove(), h2.remove()
     assert len(fast_seen) == len(plain_seen) == len(method.forwards) - sum(k.startswith("t_") for k in method.forwards)
     x_adv = fast_seen[-1]

@@ -61,10 +61,10 @@ T_ADV = [[1.0, 1.0, 0.0], [0.0, 2.0, 1.0]]
 N, C = 2, 3
 
 
-def outputs(epoch=1, features=None):
+def outputs(epoch=1, features=None, extra=None):
     return StepOutputs(y=torch.tensor(Y), batch_size=4, epoch=epoch, s_clean=tensor(S_CLEAN, True),
                        s_adv=tensor(S_ADV, True), t_clean=tensor(T_CLEAN, True), t_adv=tensor(T_ADV, True),
-                       features=features or {})
+                       features=features or {}, extra=extra)
 
 
 def close(value, expected):
@@ -272,7 +272,7 @@ def vargap_with_projector(cfg):
     with torch.no_grad():
         projector.weight.copy_(torch.tensor(PROJECTOR))
     projector.double()
-    return method.for_config(cfg)
+    return method.for_config(cfg), projector
 
 
 def features():
@@ -284,37 +284,39 @@ def features():
 def test_vargap_loss_is_rslad_plus_alignment_by_hand(flags, cov_weight, gram_weight):
     cfg = config("VarGap", *flags)
     assert (cfg.vg_base, cfg.kl_reduction) == ("RSLAD", "authors")
-    method = vargap_with_projector(cfg)
+    method, projector = vargap_with_projector(cfg)
     expected = rslad_by_hand(N * C) + vargap_alignment_by_hand(cov_weight, gram_weight)
-    assert math.isclose(method.loss(outputs(features=features()), cfg).item(), expected, rel_tol=1e-9)
+    assert math.isclose(method.loss(outputs(features=features(), extra=projector), cfg).item(), expected,
+                        rel_tol=1e-9)
 
 
 def test_vargap_with_another_base_uses_its_attack_loss_and_options():
     cfg = config("VarGap", "--vg_base", "ARD", "--temp", "2", "--vg_cov", "0.5")
     assert (cfg.temp, cfg.ARD_alpha, cfg.kl_reduction) == (2.0, 1.0, "authors")
-    method = vargap_with_projector(cfg)
+    method, projector = vargap_with_projector(cfg)
     assert method.attack is get_method("ARD").attack
     assert set(method.forwards) == {"s_clean", "s_adv", "t_clean", "t_adv"} and method.with_features
     expected = 4 * sum(kl(T_CLEAN[i], S_ADV[i], 2.0) for i in range(N)) / (N * C) + vargap_alignment_by_hand(0.5, 0)
-    assert math.isclose(method.loss(outputs(features=features()), cfg).item(), expected, rel_tol=1e-9)
+    assert math.isclose(method.loss(outputs(features=features(), extra=projector), cfg).item(), expected,
+                        rel_tol=1e-9)
 
 
 def test_vargap_computes_its_alignment_in_fp32_from_bf16_features():
     cfg = config("VarGap", "--vg_gram", "1")
-    method = vargap_with_projector(cfg)
-    method.root.projector.float()
+    method, projector = vargap_with_projector(cfg)
+    projector.float()
     bf16 = {key: torch.tensor(rows, dtype=torch.bfloat16) for key, rows in FEATURES.items()}  # all exact in bf16
     expected = rslad_by_hand(N * C) + vargap_alignment_by_hand(1.0, 1.0)
-    assert math.isclose(method.loss(outputs(features=bf16), cfg).item(), expected, rel_tol=1e-6)
+    assert math.isclose(method.loss(outputs(features=bf16, extra=projector), cfg).item(), expected, rel_tol=1e-6)
 
 
 def test_vargap_gradients_reach_the_student_and_projector_not_the_teacher():
     cfg = config("VarGap", "--vg_gram", "1")
-    method = vargap_with_projector(cfg)
+    method, projector = vargap_with_projector(cfg)
     f = features()
-    loss = method.loss(outputs(features=f), cfg)
+    loss = method.loss(outputs(features=f, extra=projector), cfg)
     grads = torch.autograd.grad(loss, [f["s_clean"], f["s_adv"], f["t_clean"], f["t_adv"],
-                                       method.root.projector.weight], allow_unused=True)
+                                       projector.weight], allow_unused=True)
     assert all(g is not None and g.abs().sum() > 0 for g in (grads[0], grads[1], grads[4]))
     assert grads[2] is None and grads[3] is None
 
@@ -406,9 +408,9 @@ def test_batchnorm_statistics_move_only_in_train_mode_attacks(name):
     cfg = config(name, "--num_steps", str(steps))
     method = get_method(name)
     student, teacher = tiny_pair()
-    method.extra_module(student, teacher)
+    extra = method.extra_module(student, teacher)
     x, y = batch()
-    training_step(method, student, teacher if method.needs_teacher else None, x, y, cfg, epoch=1)
+    training_step(method, student, teacher if method.needs_teacher else None, x, y, cfg, epoch=1, extra=extra)
     configured = method.for_config(cfg)
     student_forwards = len({"s_clean", "s_adv"} & set(configured.forwards))
     attack_updates = steps if configured.attack is not None and configured.attack.train_mode else 0
@@ -444,11 +446,11 @@ def test_attack_reference_and_teacher(name, monkeypatch):
     cfg = config(name)
     method = get_method(name)
     student, teacher = tiny_pair()
-    method.extra_module(student, teacher)
+    extra = method.extra_module(student, teacher)
     x, y = batch()
     with torch.no_grad(), module_mode(student, False):
         student_eval = student(x)
-    training_step(method, student, teacher if method.needs_teacher else None, x, y, cfg, epoch=1)
+    training_step(method, student, teacher if method.needs_teacher else None, x, y, cfg, epoch=1, extra=extra)
     spec = ATTACKS[name]
     assert seen["model"] is student
     assert (seen["loss_fn"], seen["init"], seen["train_mode"]) == spec[:3]

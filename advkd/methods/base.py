@@ -56,6 +56,7 @@ class StepOutputs:
     t_clean: Optional[torch.Tensor] = None
     t_adv: Optional[torch.Tensor] = None
     features: Dict[str, torch.Tensor] = field(default_factory=dict)  # same keys, with_features only
+    extra: Optional[nn.Module] = None  # the run's extra_module (e.g. VarGap's projector), if any
 
 
 class Method:
@@ -101,14 +102,15 @@ def _forward(model, x, with_features, key, out: StepOutputs):
 
 def training_step(method: Method, student: nn.Module, teacher: Optional[nn.Module], x: torch.Tensor,
                   y: torch.Tensor, cfg, epoch: int, generator: Optional[torch.Generator] = None,
-                  autocast: Optional[Callable] = None) -> Tuple[torch.Tensor, StepOutputs]:
+                  autocast: Optional[Callable] = None, extra: Optional[nn.Module] = None
+                  ) -> Tuple[torch.Tensor, StepOutputs]:
     """Attack (if the method has one), then the forward passes the loss needs, then the loss.
 
     The student's forward passes on x and x' are separate train() calls; the teacher is
     frozen and runs without grad outside the attack. T(x) is computed at most once."""
     autocast = autocast or contextlib.nullcontext
     method = method.for_config(cfg)
-    out = StepOutputs(y=y, batch_size=cfg.bs, epoch=epoch)
+    out = StepOutputs(y=y, batch_size=cfg.bs, epoch=epoch, extra=extra)
     needs = set(method.forwards)
     x_adv = x
     if method.attack is not None:

@@ -44,32 +44,29 @@ class VarGap(Method):
     needs_teacher = True
     with_features = True
 
-    def __init__(self, base: str = DEFAULT_BASE, root: Optional["VarGap"] = None):
+    _configured: Dict[str, "VarGap"] = {}  # one immutable instance per base method
+
+    def __init__(self, base: str = DEFAULT_BASE):
         self.base = get_method(base)
         self.attack = self.base.attack
         self.forwards = tuple(dict.fromkeys(self.base.forwards + FORWARDS))
         self.options = {**VARGAP_OPTIONS, **self.base.options}
-        # The registered instance owns the projector; the instances configured for each base share it.
-        self.root = root or self
-        self.projector: Optional[nn.Module] = None
-        self._configured: Dict[str, "VarGap"] = {base: self}
 
     def for_config(self, cfg) -> "VarGap":
         base = getattr(cfg, "vg_base", None) or DEFAULT_BASE
-        configured = self.root._configured
-        if base not in configured:
-            configured[base] = VarGap(base, root=self.root)
-        return configured[base]
+        if base not in VarGap._configured:
+            VarGap._configured[base] = VarGap(base)
+        return VarGap._configured[base]
 
     def extra_module(self, student: nn.Module, teacher: Optional[nn.Module]) -> nn.Module:
-        """P: student features -> teacher width, for the covariance term (a bias would cancel in Cov)."""
-        self.root.projector = nn.Linear(student.feature_dim, teacher.feature_dim, bias=False)
-        return self.root.projector
+        """P: student features -> teacher width, for the covariance term (a bias would cancel in Cov).
+        The run owns it (trained and saved with the student) and hands it back as StepOutputs.extra."""
+        return nn.Linear(student.feature_dim, teacher.feature_dim, bias=False)
 
     def loss(self, out, cfg):
-        projector = self.root.projector
+        projector = out.extra
         if projector is None:
-            raise RuntimeError("VarGap's projector is made by extra_module(student, teacher); call it first")
+            raise RuntimeError("VarGap's loss needs the run's projector: pass extra_module(...) to training_step")
         # Features come out of autocast in bf16; covariances need at least fp32.
         f = {key: value.to(torch.promote_types(value.dtype, torch.float32)) for key, value in out.features.items()}
         alignment = variance_gap_alignment(projector(f["s_clean"]), projector(f["s_adv"]), f["s_clean"], f["s_adv"],
