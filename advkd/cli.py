@@ -70,7 +70,8 @@ def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentPars
     g.add_argument("--lr_schedule", default="piecewise", choices=SCHEDULES)
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--weight_decay", type=float, default=5e-4)
-    g.add_argument("--eval_bs", type=int, default=512, help="batch size of the per-epoch test evaluation")
+    g.add_argument("--eval_bs", type=int, default=1024,
+                   help="batch size of the per-epoch test evaluation; halved on a CUDA out-of-memory error")
 
     g = p.add_argument_group("speed (see bench.py)")
     g.add_argument("--precision", default="fp32", choices=PRECISIONS,

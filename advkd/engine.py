@@ -149,6 +149,7 @@ class Trainer:
         self.batches = TrainBatches(self.train_split, cfg.bs, self.generator)
         self.state = RunState(history=[])
         self.eval_attack = pgd_ce_attack(cfg.epsilon / 255, cfg.step_size / 255, 10)
+        self.eval_bs = cfg.eval_bs
         self.stop_signal: Optional[str] = None
         self.skipped_steps = 0
         self.epoch_progress: Optional[Dict] = None
@@ -298,11 +299,20 @@ class Trainer:
     def evaluate(self):
         """Clean and PGD-10 accuracy, and the student's variance gap tr Cov(f(x')) - tr Cov(f(x))
         (SPEC section 3) from the features of the same forward passes."""
-        bs = self.cfg.eval_bs
-        clean_moments, adv_moments = FeatureMoments(), FeatureMoments()
-        clean = attack_accuracy(self.student, self.test_split, bs, moments=clean_moments)
-        robust = attack_accuracy(self.student, self.test_split, bs, attack=self.eval_attack, moments=adv_moments)
-        return clean, robust, adv_moments.trace_cov() - clean_moments.trace_cov()
+        while True:
+            clean_moments, adv_moments = FeatureMoments(), FeatureMoments()
+            try:
+                clean = attack_accuracy(self.student, self.test_split, self.eval_bs, moments=clean_moments)
+                robust = attack_accuracy(self.student, self.test_split, self.eval_bs, attack=self.eval_attack,
+                                         moments=adv_moments)
+                return clean, robust, adv_moments.trace_cov() - clean_moments.trace_cov()
+            except torch.cuda.OutOfMemoryError:
+                # As large a batch as fits: halve until it does, and keep that size for the run.
+                if self.eval_bs == 1:
+                    raise
+                self.eval_bs //= 2
+                torch.cuda.empty_cache()
+                print(f"evaluation ran out of GPU memory: --eval_bs lowered to {self.eval_bs}", file=sys.stderr)
 
     @contextlib.contextmanager
     def stop_on_signals(self):

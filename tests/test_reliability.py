@@ -287,3 +287,24 @@ def test_gpu_id_that_does_not_exist(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(UserError, match="--gpu_id 3 names no GPU: this machine has 2"):
         resolve_device(3)
+
+
+def test_evaluation_halves_its_batch_until_it_fits(tmp_path, real_data_dir, teacher, monkeypatch, capsys):
+    from advkd import engine
+    from advkd.cli import build_parser, resolve
+    cfg = resolve(build_parser(main_script.DEFAULTS, "test").parse_args(
+        tiny_args(real_data_dir, teacher, tmp_path / "run", epochs=1) + ["--eval_bs", "64"]))
+    trainer = engine.Trainer(cfg)
+    real = engine.attack_accuracy
+    sizes = []
+
+    def attack_accuracy(model, split, batch_size, **kw):
+        sizes.append(batch_size)
+        if batch_size > 16:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real(model, split, batch_size, **kw)
+    monkeypatch.setattr(engine, "attack_accuracy", attack_accuracy)
+    clean, robust, gap = trainer.evaluate()
+    assert sizes == [64, 32, 16, 16] and trainer.eval_bs == 16
+    assert 0 <= robust <= clean <= 100
+    assert "--eval_bs lowered to 16" in capsys.readouterr().err
