@@ -36,7 +36,9 @@ def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentPars
     g = p.add_argument_group("run")
     g.add_argument("--dataset", default=prog_defaults["dataset"], choices=prog_defaults["datasets"])
     g.add_argument("--model", default="resnet18", help=f"student: {', '.join(model_names())}")
-    g.add_argument("--method", default="DGAD", help=f"one of: {', '.join(method_names())}")
+    g.add_argument("--method", default="DGAD",
+                   help=f"one of: {', '.join(method_names())} (VarGap is an approximate re-implementation "
+                        f"from its paper's abstract; see README)")
     g.add_argument("--teacher_model", default=prog_defaults["teacher_model"], help="teacher architecture")
     g.add_argument("--teacher_path", default=None,
                    help="teacher checkpoint (default checkpoints/teachers/<dataset>/<teacher_model>.pth)")
