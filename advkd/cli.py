@@ -106,7 +106,7 @@ def default_save_dir(cfg, method) -> str:
             parts.append(name if value is True else f"{name}{value}")
     if cfg.train_subset:
         parts.append(f"sub{cfg.train_subset}")
-    if getattr(cfg, "precision", "fp32") != "fp32":
+    if cfg.precision != "fp32":
         parts.append(cfg.precision)
     parts.append(f"seed{cfg.seed}")
     return os.path.join("checkpoints", cfg.dataset, cfg.method, "_".join(parts))

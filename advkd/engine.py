@@ -143,7 +143,7 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, params)
         # What the step runs: bf16 autocast or none, and the networks in channels_last / compiled
         # (a compiled wrapper shares the parameters; checkpoints are written from self.student).
-        self.autocast = autocast_factory(getattr(cfg, "precision", "fp32"), self.device)
+        self.autocast = autocast_factory(cfg.precision, self.device)
         self.step_student = prepared_from_cfg(self.student, cfg)
         self.step_teacher = prepared_from_cfg(self.teacher, cfg)
         self.batches = TrainBatches(self.train_split, cfg.bs, self.generator)
@@ -152,7 +152,7 @@ class Trainer:
         self.eval_bs = cfg.eval_bs
         self.stop_signal: Optional[str] = None
         self.skipped_steps = 0
-        self.epoch_progress: Optional[Dict] = None
+        self.config = self._config_record()  # constant for the run: computed (and git asked) once
 
     # -- files -------------------------------------------------------------------------------
     def path(self, name: str) -> str:
@@ -183,7 +183,7 @@ class Trainer:
                 if os.path.exists(self.path(name)):
                     os.unlink(self.path(name))
 
-    def config_record(self) -> Dict:
+    def _config_record(self) -> Dict:
         record = dict(vars(self.cfg))
         record.update(self.method.describe())
         record.update({"git_commit": git_commit(), "torch_version": str(torch.__version__),
@@ -191,13 +191,10 @@ class Trainer:
                        "train_images": len(self.train_split), "test_images": len(self.test_split)})
         return record
 
-    def _model_state(self) -> Dict:
-        return {k: v.detach().clone() for k, v in self.student.state_dict().items()}
-
     def save_best(self, name: str, row: Dict):
-        payload = {"net": self._model_state(), "clean_acc": row["test_clean_acc"], "PGD10_acc": row["test_PGD10_acc"],
+        payload = {"net": self.student.state_dict(), "clean_acc": row["test_clean_acc"], "PGD10_acc": row["test_PGD10_acc"],
                    "epoch": row["epoch"], "arch": self.cfg.model, "num_classes": self.info.num_classes,
-                   "config": self.config_record()}
+                   "config": self.config}
         if self.extra is not None:
             payload["extra"] = self.extra.state_dict()
         atomic_save(payload, self.path(name))
@@ -207,7 +204,7 @@ class Trainer:
         payload = {"in_progress": in_progress, "net": self.student.state_dict(), "optimizer": self.optimizer.state_dict(),
                    "epoch": self.state.epoch, "best_PGD10_acc": self.state.best_pgd,
                    "best_clean_acc": self.state.best_clean, "history": self.state.history,
-                   "rng": capture_rng_state(self.generator), "config": self.config_record(),
+                   "rng": capture_rng_state(self.generator), "config": self.config,
                    "arch": self.cfg.model}
         if self.extra is not None:
             payload["extra"] = self.extra.state_dict()
@@ -252,7 +249,6 @@ class Trainer:
                         "generator": self.generator.get_state()}
         else:
             self.generator.set_state(progress["generator"])
-        self.epoch_progress = progress
         start = time.perf_counter() - progress["seconds"]
         bar = tqdm(total=len(self.train_split), initial=progress["seen"], desc=f"epoch {epoch}/{self.cfg.epochs}",
                    unit="img", leave=False, disable=not sys.stderr.isatty(), dynamic_ncols=True)
@@ -260,7 +256,7 @@ class Trainer:
         for step, (x, y) in enumerate(self.batches):
             if step < progress["step"]:
                 continue  # replayed only to advance the generator exactly as the interrupted run did
-            x = prepare_batch(x, getattr(self.cfg, "channels_last", False))
+            x = prepare_batch(x, self.cfg.channels_last)
             loss, out = training_step(self.method, self.step_student, self.step_teacher, x, y, self.cfg, epoch,
                                       generator=None, autocast=self.autocast, extra=self.extra)
             finite = torch.isfinite(loss.detach())
@@ -292,7 +288,6 @@ class Trainer:
             pending_check.check()
         bar.close()
         seen = max(progress["seen"], 1)
-        self.epoch_progress = None
         return (progress["loss_sum"] / seen).item(), 100.0 * progress["correct"].item() / seen, progress["seen"], \
             time.perf_counter() - start
 
@@ -338,7 +333,7 @@ class Trainer:
         cfg = self.cfg
         in_progress = self.resume() if cfg.resume else None
         self._create_save_dir(fresh=self.state.epoch == 0 and in_progress is None)
-        atomic_write_json(self.path("config.json"), self.config_record())
+        atomic_write_json(self.path("config.json"), self.config)
         if self.state.epoch >= cfg.epochs:
             print(f"{cfg.save_dir} has already completed {self.state.epoch} epochs", flush=True)
             return self.state

@@ -57,5 +57,5 @@ def prepare_model(model: Optional[nn.Module], channels_last: bool = False, compi
 
 
 def prepared_from_cfg(model: Optional[nn.Module], cfg) -> Optional[nn.Module]:
-    """prepare_model with the run's --channels_last/--compile (absent attributes mean off)."""
-    return prepare_model(model, getattr(cfg, "channels_last", False), getattr(cfg, "compile", False))
+    """prepare_model with the run's --channels_last/--compile."""
+    return prepare_model(model, cfg.channels_last, cfg.compile)
