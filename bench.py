@@ -7,7 +7,7 @@ For each path it reports images/s, ms per step split into data / attack / teache
 FLOPs per image counted by torch's flop counter on one real step, achieved TFLOP/s and the
 fraction of this device's peak (a large matmul timed in the same run, at the same precision),
 peak memory (CUDA), and seconds per epoch extrapolated from the steady-state steps. The plain
-path (advkd/plain.py) is the unoptimised fp32 loop the speed-up is measured against.
+path (benchmarks/plain.py) is the unoptimised fp32 loop the speed-up is measured against.
 """
 import os
 import sys
@@ -16,18 +16,19 @@ from typing import Callable, Dict, Iterator, Optional
 
 import torch
 
-from advkd.bench_measure import (PHASES, PhaseClock, count_flops, matmul_peak_tflops, peak_memory_gib,
-                                 phase_hooks, reset_peak_memory, synchronize)
-from advkd.checkpoint import atomic_write_json
-from advkd.cli import build_parser, resolve
-from advkd.data import Split, TrainBatches, dataset_info, load_split
-from advkd.engine import build_optimizer, load_teacher
-from advkd.errors import UserError, exit_on_user_error
-from advkd.methods import get_method, training_step
-from advkd.models import build_model
-from advkd.plain import host_batches, plain_models, plain_step
-from advkd.precision import autocast_factory, compute_dtype, prepare_batch, prepare_model
-from advkd.runtime import configure_determinism, device_name, make_generator, resolve_device, seed_everything
+from benchmarks.measure import (PHASES, PhaseClock, count_flops, matmul_peak_tflops, peak_memory_gib, phase_hooks,
+                                reset_peak_memory, synchronize)
+from benchmarks.plain import host_batches, plain_models, plain_step
+from data import Split, TrainBatches, dataset_info, load_split
+from methods import configure, training_step
+from models import build_model
+from runtime.checkpoints import atomic_write_json
+from runtime.device import configure_determinism, device_name, make_generator, resolve_device, seed_everything
+from runtime.errors import UserError, exit_on_user_error
+from runtime.precision import autocast_factory, compute_dtype, prepare_batch, prepare_model
+from training.config import build_parser, resolve
+from training.networks import load_teacher
+from training.schedule import build_optimizer
 
 DEFAULTS = {"dataset": "CIFAR10", "datasets": ["CIFAR10", "CIFAR100", "Tiny_Image"],
             "teacher_model": "wideresnet34_10"}
@@ -123,8 +124,9 @@ def add_rates(result: Dict, flops_per_image: int, peak_tflops: float) -> Dict:
     return result
 
 
-def run_bench(cfg) -> Dict:
-    method = get_method(cfg.method).for_config(cfg)
+def run_bench(cfg, config) -> Dict:
+    """cfg: the parsed arguments (the benchmark's own flags); config: the resolved training config."""
+    method = configure(config)
     info = dataset_info(cfg.dataset)
     device = resolve_device(cfg.gpu_id)
     autocast = autocast_factory(cfg.precision, device)  # rejects bf16 on a GPU without it, before any work
@@ -142,8 +144,7 @@ def run_bench(cfg) -> Dict:
     teacher = None
     if method.needs_teacher:
         if cfg.teacher_weights is not None:
-            cfg.teacher_path = cfg.teacher_weights
-            teacher = load_teacher(cfg, info.num_classes, device)
+            teacher = load_teacher(cfg.teacher_model, cfg.teacher_weights, cfg.dataset, info.num_classes, device)
         else:
             teacher = build_model(cfg.teacher_model, info.num_classes).to(device).eval().requires_grad_(False)
     extra = method.extra_module(student, teacher)
@@ -152,44 +153,41 @@ def run_bench(cfg) -> Dict:
     # The plain copies are taken before our networks change layout or get compiled. A method's
     # extra module (e.g. VarGap's projector) is passed to both steps: they share it.
     plain_student, plain_teacher = plain_models(student, teacher)
-
-    step_student = prepare_model(student, cfg.channels_last, cfg.compile)
-    step_teacher = prepare_model(teacher, cfg.channels_last, cfg.compile)
     extra_params = [] if extra is None else list(extra.parameters())
-    ours_optimizer = build_optimizer(cfg, list(student.parameters()) + extra_params)
-    plain_optimizer = build_optimizer(cfg, list(plain_student.parameters()) + extra_params)
+    ours_optimizer = build_optimizer(config, list(student.parameters()) + extra_params)
+    plain_optimizer = build_optimizer(config, list(plain_student.parameters()) + extra_params)
     device_generator = make_generator(device, cfg.seed)
 
-    def ours(net_student, net_teacher):
-        def step(x, y, clock: Optional[PhaseClock] = None):
-            x = prepare_batch(x, cfg.channels_last)
-            loss, _ = training_step(method, net_student, net_teacher, x, y, cfg, 1, generator=device_generator,
-                                    autocast=autocast, extra=extra)
-            if clock is not None:
-                clock.mark("update")
-            ours_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            ours_optimizer.step()
-        return step
+    def ours(x, y, clock: Optional[PhaseClock] = None):
+        x = prepare_batch(x, cfg.channels_last)
+        terms, _ = training_step(method, student, teacher, x, y, 1, generator=device_generator,
+                                 autocast=autocast, extra=extra)
+        if clock is not None:
+            clock.mark("update")
+        ours_optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        ours_optimizer.step()
 
     def plain(x, y, clock: Optional[PhaseClock] = None):
-        loss, _ = plain_step(method, plain_student, plain_teacher, x, y, cfg, 1, generator=device_generator,
-                             extra=extra)
+        terms, _ = plain_step(method, plain_student, plain_teacher, x, y, 1, generator=device_generator, extra=extra)
         if clock is not None:
             clock.mark("update")
         plain_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        terms["loss"].backward()
         plain_optimizer.step()
 
     clock = PhaseClock(device)
     device_batches = endless(lambda: iter(TrainBatches(on_device, cfg.bs, device_generator)))
+    # FLOPs are counted before our networks are compiled (in place): the same arithmetic, without
+    # tracing the counter.
+    x, y = next(device_batches)
+    ours_flops = count_flops(lambda: ours(x, y)) // cfg.bs
+    for network in (student, teacher):
+        prepare_model(network, cfg.channels_last, cfg.compile)
     results = {}
     print(f"timing ours: {cfg.warmup} warm-up + {cfg.steps} steps ...", file=sys.stderr, flush=True)
-    results["ours"] = time_path("ours", ours(step_student, step_teacher), device_batches,
-                                (step_student, step_teacher), cfg, device, clock)
-    x, y = next(device_batches)
-    # Counted on the uncompiled networks: the same arithmetic, without tracing the counter.
-    add_rates(results["ours"], count_flops(lambda: ours(student, teacher)(x, y)) // cfg.bs, peaks[cfg.precision])
+    results["ours"] = time_path("ours", ours, device_batches, (student, teacher), cfg, device, clock)
+    add_rates(results["ours"], ours_flops, peaks[cfg.precision])
     results["ours"].update(precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile)
 
     if not cfg.no_plain:
@@ -249,9 +247,9 @@ def format_report(report: Dict) -> str:
 def main(argv=None) -> int:
     cfg = parse_args(argv)
     with exit_on_user_error():
-        resolve(cfg)
+        config = resolve(cfg)
         validate(cfg)
-        report = run_bench(cfg)
+        report = run_bench(cfg, config)
         print(format_report(report), flush=True)
         if cfg.json is not None:
             atomic_write_json(cfg.json, report)

@@ -1,9 +1,9 @@
 """Train a robust student on CIFAR-10/100: python main.py --method DGAD ... (see README.md)."""
 import sys
 
-from advkd.cli import run
+from training.cli import main
 
 DEFAULTS = {"dataset": "CIFAR10", "datasets": ["CIFAR10", "CIFAR100"], "teacher_model": "wideresnet34_10"}
 
 if __name__ == "__main__":
-    sys.exit(run(DEFAULTS, "Adversarial knowledge distillation on CIFAR-10/100 (default method: DGAD)."))
+    sys.exit(main(DEFAULTS, "Adversarial knowledge distillation on CIFAR-10/100 (default method: DGAD)."))

@@ -1,10 +1,10 @@
 """Evaluate a CIFAR-10/100 checkpoint's robustness: python main_eval.py --model resnet18 --model_path ... (see README.md)."""
 import sys
 
-from advkd.eval_cli import run
+from evaluation.cli import main
 
 DEFAULTS = {"dataset": "CIFAR10", "datasets": ["CIFAR10", "CIFAR100"]}
 
 if __name__ == "__main__":
-    sys.exit(run(DEFAULTS, "Robustness evaluation on CIFAR-10/100 under the DGAD/AdaAD ('paper') or the "
+    sys.exit(main(DEFAULTS, "Robustness evaluation on CIFAR-10/100 under the DGAD/AdaAD ('paper') or the "
                            "ARD/IAD/RSLAD ('standard') protocol."))

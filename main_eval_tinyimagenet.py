@@ -1,10 +1,10 @@
 """Evaluate a Tiny ImageNet checkpoint's robustness: python main_eval_tinyimagenet.py --model resnet18 --model_path ... (see README.md)."""
 import sys
 
-from advkd.eval_cli import run
+from evaluation.cli import main
 
 DEFAULTS = {"dataset": "Tiny_Image", "datasets": ["Tiny_Image"]}
 
 if __name__ == "__main__":
-    sys.exit(run(DEFAULTS, "Robustness evaluation on Tiny ImageNet (validation set) under the DGAD/AdaAD "
+    sys.exit(main(DEFAULTS, "Robustness evaluation on Tiny ImageNet (validation set) under the DGAD/AdaAD "
                            "('paper') or the ARD/IAD/RSLAD ('standard') protocol."))

@@ -1,9 +1,9 @@
 """Train a robust student on Tiny ImageNet: python main_tiny.py --method DGAD ... (see README.md)."""
 import sys
 
-from advkd.cli import run
+from training.cli import main
 
 DEFAULTS = {"dataset": "Tiny_Image", "datasets": ["Tiny_Image"], "teacher_model": "presnet18"}
 
 if __name__ == "__main__":
-    sys.exit(run(DEFAULTS, "Adversarial knowledge distillation on Tiny ImageNet (default method: DGAD)."))
+    sys.exit(main(DEFAULTS, "Adversarial knowledge distillation on Tiny ImageNet (default method: DGAD)."))

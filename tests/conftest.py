@@ -1,4 +1,6 @@
-"""Shared fixtures: the real datasets from ../shared/data, unpacked once into a cache folder."""
+"""Fixtures only (shared helpers live in helpers.py): the real datasets from ../shared/data,
+unpacked once into a cache folder. A test that reads them is marked `slow` here, so that
+`pytest -m "not slow"` is the fast tier."""
 import os
 import subprocess
 import sys
@@ -6,11 +8,18 @@ import sys
 import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
+
 SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
 DATA_CACHE = os.environ.get("ADVKD_TEST_DATA", os.path.join(os.path.expanduser("~"), ".cache", "advkd-data"))
 
 torch.set_num_threads(max(1, min(2, int(os.environ.get("OMP_NUM_THREADS", "2")))))
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "real_data_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -24,10 +33,3 @@ def real_data_dir():
     if not done:
         subprocess.run([sys.executable, prepare, DATA_CACHE], check=True, capture_output=True)
     return DATA_CACHE
-
-
-def run_script(*args, cwd=REPO, timeout=600):
-    """Run one of the entry scripts in a subprocess; returns the CompletedProcess."""
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)

@@ -8,9 +8,9 @@ import os
 import pytest
 import torch
 
-from advkd.checkpoint import atomic_save
-from advkd.models import build_model
-from conftest import run_script
+from runtime.checkpoints import atomic_save
+from models import build_model
+from helpers import run_script
 
 TINY = ["--model", "wideresnet10_1", "--teacher_model", "wideresnet10_1", "--bs", "4", "--steps", "2",
         "--warmup", "1", "--num_steps", "2"]
@@ -92,6 +92,6 @@ def test_training_with_bf16_and_channels_last(tmp_path, real_data_dir):
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and math.isfinite(float(rows[0]["train_loss"])) and float(rows[0]["train_loss"]) > 0
     # The checkpoint loads into a plain NCHW model (channels_last changes strides, not keys).
-    from advkd.checkpoint import load_weights
+    from runtime.checkpoints import load_weights
     load_weights(build_model("wideresnet10_1", 10), str(save_dir / "last.pth"))
     assert os.path.exists(save_dir / "best_PGD10_acc_model.pth")

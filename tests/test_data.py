@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from advkd.data import Split, TrainBatches, load_split, random_crop_flip
-from advkd.data.datasets import load_cifar, load_tiny_imagenet
-from advkd.errors import UserError
+from data import Split, TrainBatches, load_split, random_crop_flip
+from data.datasets import load_cifar, load_tiny_imagenet
+from runtime.errors import UserError
 
 
 def test_real_cifar10(real_data_dir):

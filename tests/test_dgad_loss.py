@@ -4,18 +4,9 @@ import math
 import pytest
 import torch
 
-from advkd.losses.dgad import (dgad_loss, misclassified_by_teacher, predictive_consistency,
-                               swap_adversarial_teacher, swap_clean_teacher)
-
-
-def softmax(row):
-    exps = [math.exp(v) for v in row]
-    return [e / sum(exps) for e in exps]
-
-
-def kl(target_logits, logits):
-    p, q = softmax(target_logits), softmax(logits)
-    return sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q))
+from helpers import kl, softmax
+from losses.dgad import (dgad_loss, dgad_terms, misclassified_by_teacher, predictive_consistency,
+                         swap_adversarial_teacher, swap_clean_teacher)
 
 
 def t(rows):
@@ -123,3 +114,19 @@ def test_gradient_reaches_both_student_branches_and_not_the_teacher():
     dgad_loss(s_clean, s_adv, t_clean, t_adv, Y, beta=5.0, batch_size=3).backward()
     assert s_clean.grad.abs().sum() > 0 and s_adv.grad.abs().sum() > 0
     assert t_clean.grad is None and t_adv.grad is None
+
+
+def test_named_parts_by_hand():
+    """The parts results.csv logs: the unweighted terms, and the fraction of the batch MAP puts in ST."""
+    terms = dgad_terms(t(S_CLEAN), t(S_ADV), t(T_CLEAN), t(T_ADV), Y, beta=5.0, batch_size=3)
+    pcr = sum((a - c) ** 2 for i in range(3) for a, c in zip(softmax(S_ADV[i]), softmax(S_CLEAN[i]))) / 9
+    assert terms["L_ST"].item() == pytest.approx(kl(T_CLEAN_SWAPPED[1], S_CLEAN[1]), rel=1e-12)
+    assert terms["L_AT"].item() == pytest.approx((kl(T_ADV_SWAPPED[0], S_ADV[0]) + kl(T_ADV_SWAPPED[2], S_ADV[2])) / 2,
+                                                 rel=1e-12)
+    assert terms["L_PCR"].item() == pytest.approx(pcr, rel=1e-12)
+    assert terms["st_fraction"].item() == pytest.approx(1 / 3, rel=1e-12)
+    assert terms["loss"].item() == pytest.approx(
+        (1 / 3) * terms["L_ST"].item() + (2 / 3) * terms["L_AT"].item() + 5.0 * pcr, rel=1e-12)
+    off = dgad_terms(t(S_CLEAN), t(S_ADV), t(T_CLEAN), t(T_ADV), Y, beta=5.0, batch_size=3, use_pcr=False,
+                     use_map=False)
+    assert off["L_PCR"].item() == 0.0 and off["st_fraction"].item() == 0.0 and off["L_ST"].item() == 0.0

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from advertorch_reference import import_advertorch
-from advkd.attacks import PAPER_CW_L2, ce_sum, cw_l2, fgsm, init_delta, pgd
-from eval_helpers import first_test_images, quick_trained_model
+from attacks import PAPER_CW_L2, ce_sum, cw_l2, fgsm, init_delta, pgd
+from helpers import first_test_images, quick_trained_model
 
 EPS = 8 / 255
 

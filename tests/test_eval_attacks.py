@@ -5,12 +5,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from advkd.attacks import PAPER_CW_L2, cw_hinge, cw_inf, cw_l2, cw_margin_sum, fgsm, init_delta
-from advkd.attacks.cw import from_tanh_space, misclassified_by, to_tanh_space
-from advkd.data import load_split, to_float
-from advkd.evaluation import attack_accuracy
-from advkd.protocols import build_attack
-from eval_helpers import quick_trained_model
+from attacks import PAPER_CW_L2, cw_hinge, cw_inf, cw_l2, cw_margin_sum, fgsm, init_delta
+from attacks.cw import from_tanh_space, misclassified_by, to_tanh_space
+from data import load_split, to_float
+from evaluation.accuracy import attack_accuracy
+from evaluation.protocols import build_attack
+from helpers import quick_trained_model
 
 EPS = 8 / 255
 

@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from advkd import eval_cli
-from eval_helpers import quick_trained_model
+from evaluation import cli as eval_cli
+from helpers import quick_trained_model
 
 CIFAR = {"dataset": "CIFAR10", "datasets": ["CIFAR10", "CIFAR100"]}
 
@@ -18,7 +18,7 @@ def checkpoint(real_data_dir, tmp_path_factory):
 
 
 def evaluate(checkpoint, data_dir, out, *args):
-    eval_cli.run(CIFAR, "test", ["--model", "wideresnet10_1", "--model_path", checkpoint, "--data_dir", data_dir,
+    eval_cli.main(CIFAR, "test", ["--model", "wideresnet10_1", "--model_path", checkpoint, "--data_dir", data_dir,
                                  "--out", str(out), *args])
     with open(out) as f:
         return json.load(f)

@@ -8,9 +8,9 @@ import os
 import pytest
 import torch
 
-from advkd import eval_cli
-from advkd.models import build_model
-from conftest import run_script
+from evaluation import cli as eval_cli
+from models import build_model
+from helpers import run_script
 
 CIFAR = {"dataset": "CIFAR10", "datasets": ["CIFAR10", "CIFAR100"]}
 MODEL = "wideresnet10_1"
@@ -30,7 +30,7 @@ def checkpoint(tmp_path, weights):
 
 
 def evaluate(data_dir, *args, model=MODEL):
-    return eval_cli.run(CIFAR, "test", ["--model", model, "--data_dir", data_dir, *args])
+    return eval_cli.main(CIFAR, "test", ["--model", model, "--data_dir", data_dir, *args])
 
 
 def failure(capsys, data_dir, *args, **kwargs):

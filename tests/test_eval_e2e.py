@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import run_script
+from helpers import run_script
 
 FAST = ["--attacks", "natural,fgsm,pgd10", "--n_ex", "4", "--bs", "4"]  # the rest run below on a tiny model
 

@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from advkd.evaluation import FeatureMoments
+from evaluation.accuracy import FeatureMoments
 
 
 def test_trace_cov_by_hand_across_batches():

@@ -5,23 +5,19 @@ import copy
 import pytest
 import torch
 
-from advkd.bench_measure import PhaseClock, count_flops, phase_hooks
-from advkd.cli import build_parser, resolve
-from advkd.methods import get_method, method_names, training_step
-from advkd.models import build_model
-from advkd.plain import plain_models, plain_step
-from advkd.precision import autocast_factory, prepare_batch, prepare_model
+from benchmarks.measure import PhaseClock, count_flops, phase_hooks
+from benchmarks.plain import plain_models, plain_step
+from helpers import train_config
+from methods import configure, get_method, method_names, training_step
+from models import build_model
+from runtime.precision import autocast_factory, prepare_batch, prepare_model
 
 MODEL = "wideresnet10_1"
 N = 6
-PARSER_DEFAULTS = {"dataset": "CIFAR10", "datasets": ["CIFAR10"], "teacher_model": MODEL}
 
 
 def make_cfg(method="DGAD", num_steps=3, *extra):
-    parser = build_parser(PARSER_DEFAULTS, "test")
-    return resolve(parser.parse_args(["--method", method, "--model", MODEL, "--teacher_model", MODEL,
-                                      "--num_steps", str(num_steps), "--bs", str(N), "--save_dir", "unused",
-                                      *extra]))
+    return train_config(method, "--num_steps", str(num_steps), *extra, model=MODEL, bs=N)
 
 
 def networks(seed=0, teacher=True):
@@ -56,17 +52,17 @@ def test_plain_and_fast_paths_agree_in_fp32(name):
     """Same init noise (same generator seed), same networks: identical adversarial examples,
     logits and loss, although the plain path takes its gradient with loss.backward()."""
     cfg = make_cfg(name)
-    method = get_method(name).for_config(cfg)
+    method = configure(cfg)
     student, teacher = networks(teacher=method.needs_teacher)
     plain_student, plain_teacher = plain_models(student, teacher)
     extra = method.extra_module(student, teacher)  # e.g. VarGap's projector, which both paths then share
     x, y = batch()
     fast_seen, h1 = update_inputs(student)
     plain_seen, h2 = update_inputs(plain_student)
-    loss, out = training_step(method, student, teacher, x, y, cfg, 1, generator=torch.Generator().manual_seed(7),
-                              extra=extra)
-    plain_loss, plain_out = plain_step(method, plain_student, plain_teacher, x, y, cfg, 1,
-                                       generator=torch.Generator().manual_seed(7), extra=extra)
+    terms, out = training_step(method, student, teacher, x, y, 1, generator=torch.Generator().manual_seed(7),
+                               extra=extra)
+    plain_terms, plain_out = plain_step(method, plain_student, plain_teacher, x, y, 1,
+                                        generator=torch.Generator().manual_seed(7), extra=extra)
     h1.remove(), h2.remove()
     assert len(fast_seen) == len(plain_seen) == len(method.forwards) - sum(k.startswith("t_") for k in method.forwards)
     x_adv = fast_seen[-1]
@@ -78,19 +74,20 @@ def test_plain_and_fast_paths_agree_in_fp32(name):
         assert (a is None) == (b is None)
         if a is not None:
             assert torch.equal(a, b), key
-    assert torch.equal(loss, plain_loss)
+    assert terms.keys() == plain_terms.keys() == {"loss", *method.parts}
+    for key in terms:
+        assert torch.equal(terms[key], plain_terms[key]), key
 
 
 def test_plain_attack_leaves_no_stale_gradients_and_trains_the_same():
-    cfg = make_cfg("DGAD")
-    method = get_method("DGAD")
+    method = configure(make_cfg("DGAD"))
     student, teacher = networks()
     plain_student, plain_teacher = plain_models(student, teacher)
     assert all(p.requires_grad for p in plain_teacher.parameters())
     x, y = batch()
     for model, t, step in ((student, teacher, training_step), (plain_student, plain_teacher, plain_step)):
-        loss, _ = step(method, model, t, x, y, cfg, 1, generator=torch.Generator().manual_seed(3))
-        loss.backward()
+        terms, _ = step(method, model, t, x, y, 1, generator=torch.Generator().manual_seed(3))
+        terms["loss"].backward()
     for a, b in zip(student.parameters(), plain_student.parameters()):
         assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-7)
     # The teacher's grads come only from the attack, and the plain step cleared them.
@@ -111,11 +108,10 @@ def test_flop_count_shows_the_attack_takes_no_weight_gradients():
     x, y = batch()
     both = forward_flops(student, x) + forward_flops(teacher, x)
     assert both == 2 * forward_flops(student, x) > 0  # same architecture
-    method = get_method("DGAD")
 
     def flops(step, s, t, k):
-        cfg = make_cfg("DGAD", k)
-        return count_flops(lambda: step(method, s, t, x, y, cfg, 1)[0].backward())
+        method = configure(make_cfg("DGAD", k))
+        return count_flops(lambda: step(method, s, t, x, y, 1)[0]["loss"].backward())
 
     assert flops(training_step, student, teacher, 3) - flops(training_step, student, teacher, 2) == 2 * both
     assert flops(plain_step, plain_student, plain_teacher, 3) - flops(plain_step, plain_student, plain_teacher, 2) == 3 * both
@@ -131,8 +127,9 @@ def run_prepared_step(precision, channels_last):
     conv_dtypes = []
     handle = student.conv1.register_forward_hook(lambda m, a, o: conv_dtypes.append(o.dtype))
     seen, h = update_inputs(student)
-    loss, out = training_step(get_method("DGAD"), student, teacher, x, y, cfg, 1,
-                              generator=torch.Generator().manual_seed(5), autocast=autocast)
+    terms, out = training_step(configure(cfg), student, teacher, x, y, 1,
+                               generator=torch.Generator().manual_seed(5), autocast=autocast)
+    loss = terms["loss"]
     loss.backward()
     handle.remove(), h.remove()
     return cfg, student, x, seen[-1], loss, out, conv_dtypes
@@ -167,7 +164,7 @@ def test_autocast_factory_and_prepare_model():
     assert autocast_factory("fp32", torch.device("cpu")) is None
     with autocast_factory("bf16", torch.device("cpu"))():
         assert torch.is_autocast_enabled("cpu")
-    from advkd.errors import UserError
+    from runtime.errors import UserError
     with pytest.raises(UserError, match="--precision"):
         autocast_factory("fp16", torch.device("cpu"))
     model = build_model(MODEL, 10)
@@ -200,7 +197,7 @@ def test_phase_hooks_attribute_dgad_forwards(path):
     clock = Recorder()
     with phase_hooks(clock, student, teacher):
         clock.mark("attack")
-        step(get_method("DGAD"), student, teacher, x, y, cfg, 1)
+        step(configure(cfg), student, teacher, x, y, 1)
     if path == "ours":  # T(x) first (outside the attack), then K attack steps, S(x), S(x'), T(x')
         assert collapse(clock.phases) == ["attack", "teacher", "attack", "update", "teacher", "update"]
     else:  # the attack, then S(x), S(x'), T(x), T(x') in the update

@@ -1,44 +1,24 @@
-"""Every method of SPEC section 2 and 3: losses against values computed by hand (pure-Python math),
-the attack each one trains on, and how its options resolve on the command line."""
+"""Every method of docs/methods.md sections 3 and 4: losses and their named parts against values
+computed by hand (pure-Python math), the attack each one trains on, and how its options resolve on
+the command line."""
+import dataclasses
 import math
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-import advkd.methods.base as method_base
-from advkd.attacks import ce_sum, kl_sum, module_mode
-from advkd.cli import build_parser, resolve
-from advkd.data import Split
-from advkd.errors import UserError
-from advkd.evaluation import FeatureMoments, attack_accuracy
-from advkd.losses import (adaad_loss, ard_loss, batch_covariance, covariance_alignment, gram_alignment, iad_loss,
-                          kl_reduced, rslad_loss, trades_loss)
-from advkd.methods import StepOutputs, get_method, method_names, training_step
-from advkd.methods.distillation import introspection_on
-
-CIFAR_DEFAULTS = {"dataset": "CIFAR10", "datasets": ["CIFAR10", "CIFAR100"], "teacher_model": "wideresnet34_10"}
-
-
-# -- hand references: plain Python floats, no torch ------------------------------------------------
-
-def softmax(row, temperature=1.0):
-    exps = [math.exp(v / temperature) for v in row]
-    return [e / sum(exps) for e in exps]
-
-
-def kl(target_row, row, temperature=1.0):
-    p, q = softmax(target_row, temperature), softmax(row, temperature)
-    return sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q))
-
-
-def ce(row, label):
-    return -math.log(softmax(row)[label])
-
-
-def mean(values):
-    return sum(values) / len(values)
+import methods.base as method_base
+from attacks import ce_sum, kl_sum, module_mode
+from data import Split
+from evaluation.accuracy import FeatureMoments, attack_accuracy
+from helpers import CIFAR_DEFAULTS, TinyNet, ce, kl, mean, softmax, train_config
+from losses import (adaad_loss, ard_loss, batch_covariance, covariance_alignment, gram_alignment, iad_loss,
+                    kl_reduced, rslad_loss, trades_loss)
+from methods import METHODS, Method, MethodTable, StepOutputs, configure, get_method, method_names, training_step
+from methods.distillation import introspection_on
+from runtime.errors import UserError
+from training.config import build_parser
 
 
 def tensor(rows, grad=False):
@@ -46,10 +26,12 @@ def tensor(rows, grad=False):
 
 
 def config(method, *flags, dataset="CIFAR10"):
-    """The resolved command-line config of `method`, as main.py would build it."""
-    args = ["--method", method, "--dataset", dataset, "--model", "wideresnet10_1", "--teacher_model",
-            "wideresnet10_1", "--bs", "4", *flags]
-    return resolve(build_parser(CIFAR_DEFAULTS, "test").parse_args(args))
+    """The resolved command-line config of `method`, as main.py would build it (B = 4)."""
+    return train_config(method, *flags, dataset=dataset)
+
+
+def loss_of(cfg, out):
+    return configure(cfg).loss(out)["loss"]
 
 
 # N = 2 samples, C = 3 classes.
@@ -62,7 +44,7 @@ N, C = 2, 3
 
 
 def outputs(epoch=1, features=None, extra=None):
-    return StepOutputs(y=torch.tensor(Y), batch_size=4, epoch=epoch, s_clean=tensor(S_CLEAN, True),
+    return StepOutputs(y=torch.tensor(Y), epoch=epoch, s_clean=tensor(S_CLEAN, True),
                        s_adv=tensor(S_ADV, True), t_clean=tensor(T_CLEAN, True), t_adv=tensor(T_ADV, True),
                        features=features or {}, extra=extra)
 
@@ -75,17 +57,17 @@ def close(value, expected):
 
 def test_natural_and_pgdat_are_mean_cross_entropy_on_clean_and_adversarial_logits():
     out = outputs()
-    assert close(get_method("Natural").loss(out, config("Natural")), mean([ce(S_CLEAN[i], Y[i]) for i in range(N)]))
-    assert close(get_method("PGDAT").loss(out, config("PGDAT")), mean([ce(S_ADV[i], Y[i]) for i in range(N)]))
+    assert close(loss_of(config("Natural"), out), mean([ce(S_CLEAN[i], Y[i]) for i in range(N)]))
+    assert close(loss_of(config("PGDAT"), out), mean([ce(S_ADV[i], Y[i]) for i in range(N)]))
 
 
 @pytest.mark.parametrize("flags, beta", [((), 6.0), (("--trades_beta", "0.5"), 0.5)])
 def test_trades_loss_by_hand(flags, beta):
     cfg = config("TRADES", *flags)
-    assert cfg.trades_beta == beta and isinstance(cfg.trades_beta, float)
+    assert cfg.options["trades_beta"] == beta and isinstance(cfg.options["trades_beta"], float)
     expected = (mean([ce(S_CLEAN[i], Y[i]) for i in range(N)])
                 + beta * mean([kl(S_CLEAN[i], S_ADV[i]) for i in range(N)]))
-    assert close(get_method("TRADES").loss(outputs(), cfg), expected)
+    assert close(loss_of(cfg, outputs()), expected)
 
 
 def test_trades_kl_keeps_the_gradient_of_its_clean_target():
@@ -117,9 +99,9 @@ def test_ard_loss_reductions_temperature_and_alpha_by_hand():
 @pytest.mark.parametrize("flags, divisor", [((), N * C), (("--kl_reduction", "batchmean"), N)])
 def test_ard_method_defaults_tau_30_alpha_1_and_reduction(flags, divisor):
     cfg = config("ARD", *flags)
-    assert (cfg.temp, cfg.ARD_alpha) == (30.0, 1.0)
+    assert (cfg.options["temp"], cfg.options["ARD_alpha"]) == (30.0, 1.0)
     expected = 900 * sum(kl(T_CLEAN[i], S_ADV[i], 30.0) for i in range(N)) / divisor
-    assert close(get_method("ARD").loss(outputs(), cfg), expected)
+    assert close(loss_of(cfg, outputs()), expected)
 
 
 def iad_trust(i, beta):
@@ -128,16 +110,14 @@ def iad_trust(i, beta):
 
 def test_iad_warm_up_switch_and_its_defaults():
     cfg = config("IAD")
-    assert (cfg.temp, cfg.ARD_alpha, cfg.IAD_begin, cfg.IAD_beta) == (1.0, 1.0, 60, 0.1)
+    assert [cfg.options[k] for k in ("temp", "ARD_alpha", "IAD_begin", "IAD_beta")] == [1.0, 1.0, 60, 0.1]
     ard_part = mean([kl(T_CLEAN[i], S_ADV[i]) for i in range(N)])  # tau 1, per-sample mean
     introspection = mean([(1 - iad_trust(i, 0.1)) * kl(S_CLEAN[i], S_ADV[i]) for i in range(N)])
-    method = get_method("IAD")
     assert not introspection_on(60, 60) and introspection_on(61, 60)
-    assert close(method.loss(outputs(epoch=1), cfg), ard_part)
-    assert close(method.loss(outputs(epoch=60), cfg), ard_part)  # 0-based epoch 59 < begin
-    assert close(method.loss(outputs(epoch=61), cfg), ard_part + introspection)
-    cfg.IAD_begin = 0
-    assert close(method.loss(outputs(epoch=1), cfg), ard_part + introspection)
+    assert close(loss_of(cfg, outputs(epoch=1)), ard_part)
+    assert close(loss_of(cfg, outputs(epoch=60)), ard_part)  # 0-based epoch 59 < begin
+    assert close(loss_of(cfg, outputs(epoch=61)), ard_part + introspection)
+    assert close(loss_of(config("IAD", "--IAD_begin", "0"), outputs(epoch=1)), ard_part + introspection)
 
 
 def test_iad_loss_with_alpha_temperature_and_beta_by_hand():
@@ -145,7 +125,7 @@ def test_iad_loss_with_alpha_temperature_and_beta_by_hand():
     expected = (0.5 * 4 * mean([kl(T_CLEAN[i], S_ADV[i], 2.0) for i in range(N)])
                 + 0.5 * mean([(1 - iad_trust(i, 0.5)) * kl(S_CLEAN[i], S_ADV[i]) for i in range(N)])
                 + 0.5 * mean([ce(S_CLEAN[i], Y[i]) for i in range(N)]))
-    assert close(get_method("IAD").loss(outputs(epoch=4), cfg), expected)
+    assert close(loss_of(cfg, outputs(epoch=4)), expected)
 
 
 def test_iad_trust_weights_carry_no_gradient_and_the_self_target_keeps_its_own():
@@ -173,7 +153,7 @@ def rslad_by_hand(divisor):
     ("CIFAR100", ("--kl_reduction", "batchmean"), rslad_by_hand(N)),
 ])
 def test_rslad_loss_by_hand(dataset, flags, expected):
-    assert close(get_method("RSLAD").loss(outputs(), config("RSLAD", *flags, dataset=dataset)), expected)
+    assert close(loss_of(config("RSLAD", *flags, dataset=dataset), outputs()), expected)
 
 
 def test_rslad_and_adaad_never_send_gradient_into_the_teacher():
@@ -195,18 +175,47 @@ def adaad_by_hand(alpha, divisor):
     ("CIFAR10", ("--AdaAD_alpha", "0.25"), adaad_by_hand(0.25, N * C)),
 ])
 def test_adaad_loss_by_hand(dataset, flags, expected):
-    assert close(get_method("AdaAD").loss(outputs(), config("AdaAD", *flags, dataset=dataset)), expected)
+    assert close(loss_of(config("AdaAD", *flags, dataset=dataset), outputs()), expected)
 
 
 def test_adaad_on_tiny_imagenet_uses_the_per_sample_mean():
-    cfg = config("AdaAD")
-    cfg.dataset = "Tiny_Image"
-    assert close(get_method("AdaAD").loss(outputs(), cfg), adaad_by_hand(1.0, N))
+    cfg = dataclasses.replace(config("AdaAD"), dataset="Tiny_Image")
+    assert close(loss_of(cfg, outputs()), adaad_by_hand(1.0, N))
 
 
 def test_kl_reduced_rejects_an_unknown_reduction():
     with pytest.raises(ValueError, match="reduction"):
         kl_reduced(tensor(T_CLEAN), tensor(S_ADV), "sum")
+
+
+# -- named parts ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method, flags, parts", [
+    ("Natural", (), {"ce": mean([ce(S_CLEAN[i], Y[i]) for i in range(N)])}),
+    ("PGDAT", (), {"ce": mean([ce(S_ADV[i], Y[i]) for i in range(N)])}),
+    ("TRADES", (), {"ce": mean([ce(S_CLEAN[i], Y[i]) for i in range(N)]),
+                    "kl": mean([kl(S_CLEAN[i], S_ADV[i]) for i in range(N)])}),
+    ("ARD", ("--ARD_alpha", "0.5", "--temp", "2"),
+     {"kl": sum(kl(T_CLEAN[i], S_ADV[i], 2.0) for i in range(N)) / (N * C),
+      "ce": mean([ce(S_CLEAN[i], Y[i]) for i in range(N)])}),
+    ("ARD", (), {"kl": sum(kl(T_CLEAN[i], S_ADV[i], 30.0) for i in range(N)) / (N * C), "ce": 0.0}),
+    ("IAD", ("--IAD_begin", "0"), {"ard": mean([kl(T_CLEAN[i], S_ADV[i]) for i in range(N)]),
+                                   "introspection": mean([(1 - softmax(T_ADV[i])[Y[i]] ** 0.1)
+                                                          * kl(S_CLEAN[i], S_ADV[i]) for i in range(N)])}),
+    ("IAD", (), {"ard": mean([kl(T_CLEAN[i], S_ADV[i]) for i in range(N)]), "introspection": 0.0}),
+    ("RSLAD", (), {"kl_adv": sum(kl(T_CLEAN[i], S_ADV[i]) for i in range(N)) / (N * C),
+                   "kl_clean": sum(kl(T_CLEAN[i], S_CLEAN[i]) for i in range(N)) / (N * C)}),
+    ("AdaAD", ("--AdaAD_alpha", "0.25"), {"kl_adv": sum(kl(T_ADV[i], S_ADV[i]) for i in range(N)) / (N * C),
+                                          "kl_clean": sum(kl(T_CLEAN[i], S_CLEAN[i]) for i in range(N)) / (N * C)}),
+])
+def test_loss_parts_by_hand(method, flags, parts):
+    """Each method's named parts (logged per epoch as train_<part>): the unweighted terms of its
+    formula, 0 where the configuration switches a term off."""
+    configured = configure(config(method, *flags))
+    terms = configured.loss(outputs(epoch=1))
+    assert set(terms) == {"loss", *configured.parts} and set(configured.parts) == set(parts)
+    for name, expected in parts.items():
+        assert close(terms[name], expected), name
 
 
 # -- VarGap ---------------------------------------------------------------------------------------
@@ -249,30 +258,14 @@ def vargap_alignment_by_hand(cov_weight, gram_weight):
     return total
 
 
-class TinyNet(nn.Module):
-    """conv -> BatchNorm -> ReLU -> pool -> linear, with the `return_features` interface of every model."""
-
-    def __init__(self, width=4, num_classes=3):
-        super().__init__()
-        self.conv = nn.Conv2d(3, width, 3, padding=1)
-        self.bn = nn.BatchNorm2d(width)
-        self.fc = nn.Linear(width, num_classes)
-        self.feature_dim = width
-
-    def forward(self, x, return_features=False):
-        features = F.relu(self.bn(self.conv(x))).mean((2, 3))
-        logits = self.fc(features)
-        return (logits, features) if return_features else logits
-
-
 def vargap_with_projector(cfg):
-    method = get_method("VarGap")
+    method = configure(cfg)
     projector = method.extra_module(TinyNet(width=2), TinyNet(width=3))
     assert tuple(projector.weight.shape) == (3, 2) and projector.bias is None
     with torch.no_grad():
         projector.weight.copy_(torch.tensor(PROJECTOR))
     projector.double()
-    return method.for_config(cfg), projector
+    return method, projector
 
 
 def features():
@@ -283,21 +276,21 @@ def features():
     ((), 1.0, 0.0), (("--vg_cov", "2", "--vg_gram", "0.5"), 2.0, 0.5), (("--vg_cov", "0", "--vg_gram", "3"), 0.0, 3.0)])
 def test_vargap_loss_is_rslad_plus_alignment_by_hand(flags, cov_weight, gram_weight):
     cfg = config("VarGap", *flags)
-    assert (cfg.vg_base, cfg.kl_reduction) == ("RSLAD", "authors")
+    assert (cfg.options["vg_base"], cfg.options["kl_reduction"]) == ("RSLAD", "authors")
     method, projector = vargap_with_projector(cfg)
     expected = rslad_by_hand(N * C) + vargap_alignment_by_hand(cov_weight, gram_weight)
-    assert math.isclose(method.loss(outputs(features=features(), extra=projector), cfg).item(), expected,
+    assert math.isclose(method.loss(outputs(features=features(), extra=projector))["loss"].item(), expected,
                         rel_tol=1e-9)
 
 
 def test_vargap_with_another_base_uses_its_attack_loss_and_options():
     cfg = config("VarGap", "--vg_base", "ARD", "--temp", "2", "--vg_cov", "0.5")
-    assert (cfg.temp, cfg.ARD_alpha, cfg.kl_reduction) == (2.0, 1.0, "authors")
+    assert [cfg.options[k] for k in ("temp", "ARD_alpha", "kl_reduction")] == [2.0, 1.0, "authors"]
     method, projector = vargap_with_projector(cfg)
-    assert method.attack is get_method("ARD").attack
+    assert method.attack is get_method("ARD").attack and method.parts == ("kl", "ce", "cov", "gram")
     assert set(method.forwards) == {"s_clean", "s_adv", "t_clean", "t_adv"} and method.with_features
     expected = 4 * sum(kl(T_CLEAN[i], S_ADV[i], 2.0) for i in range(N)) / (N * C) + vargap_alignment_by_hand(0.5, 0)
-    assert math.isclose(method.loss(outputs(features=features(), extra=projector), cfg).item(), expected,
+    assert math.isclose(method.loss(outputs(features=features(), extra=projector))["loss"].item(), expected,
                         rel_tol=1e-9)
 
 
@@ -307,14 +300,14 @@ def test_vargap_computes_its_alignment_in_fp32_from_bf16_features():
     projector.float()
     bf16 = {key: torch.tensor(rows, dtype=torch.bfloat16) for key, rows in FEATURES.items()}  # all exact in bf16
     expected = rslad_by_hand(N * C) + vargap_alignment_by_hand(1.0, 1.0)
-    assert math.isclose(method.loss(outputs(features=bf16, extra=projector), cfg).item(), expected, rel_tol=1e-6)
+    assert math.isclose(method.loss(outputs(features=bf16, extra=projector))["loss"].item(), expected, rel_tol=1e-6)
 
 
 def test_vargap_gradients_reach_the_student_and_projector_not_the_teacher():
     cfg = config("VarGap", "--vg_gram", "1")
     method, projector = vargap_with_projector(cfg)
     f = features()
-    loss = method.loss(outputs(features=f, extra=projector), cfg)
+    loss = method.loss(outputs(features=f, extra=projector))["loss"]
     grads = torch.autograd.grad(loss, [f["s_clean"], f["s_adv"], f["t_clean"], f["t_adv"],
                                        projector.weight], allow_unused=True)
     assert all(g is not None and g.abs().sum() > 0 for g in (grads[0], grads[1], grads[4]))
@@ -347,32 +340,31 @@ def test_an_option_the_method_does_not_read_is_rejected(method, flags, message):
 
 
 def test_shared_option_names_keep_each_methods_default():
-    assert config("ARD").temp == 30.0 and config("IAD").temp == 1.0
-    assert config("VarGap", "--vg_base", "ARD").temp == 30.0
-    assert config("VarGap", "--vg_base", "IAD").temp == 1.0
-    assert config("VarGap", "--vg_base", "TRADES").trades_beta == 6.0
-    assert config("RSLAD").kl_reduction == "authors"
-    assert config("TRADES").kl_reduction is None
+    assert config("ARD").options["temp"] == 30.0 and config("IAD").options["temp"] == 1.0
+    assert config("VarGap", "--vg_base", "ARD").options["temp"] == 30.0
+    assert config("VarGap", "--vg_base", "IAD").options["temp"] == 1.0
+    assert config("VarGap", "--vg_base", "TRADES").options["trades_beta"] == 6.0
+    assert config("RSLAD").options["kl_reduction"] == "authors"
+    assert "kl_reduction" not in config("TRADES").options
     help_text = " ".join(build_parser(CIFAR_DEFAULTS, "test").format_help().split())
     assert "[ARD: 30.0, IAD: 1.0]" in help_text and "[TRADES: 6.0]" in help_text
     assert "(default: None)" not in help_text
 
 
 def test_every_method_is_registered():
-    assert set(method_names()) >= {"Natural", "PGDAT", "TRADES", "ARD", "IAD", "RSLAD", "AdaAD", "DGAD", "VarGap"}
     assert [m for m in method_names() if get_method(m).needs_teacher is False] == ["Natural", "PGDAT", "TRADES"]
 
 
-# -- the inner maximisation of each method (SPEC section 2) ---------------------------------------
+# -- the inner maximisation of each method (docs/methods.md sections 3 and 6.1) -------------------
 
-ATTACKS = {  # inner loss, init, student BatchNorm in train() during the attack, reference
-    "PGDAT": (ce_sum, "uniform", False, None),
+ATTACKS = {  # inner loss, init, student BatchNorm in train() during the attack, target
+    "PGDAT": (ce_sum, "uniform", False, "labels"),
     "TRADES": (kl_sum, "gauss", False, "student_clean"),
-    "ARD": (ce_sum, "uniform", True, None),
-    "IAD": (ce_sum, "uniform", True, None),
+    "ARD": (ce_sum, "uniform", True, "labels"),
+    "IAD": (ce_sum, "uniform", True, "labels"),
     "RSLAD": (kl_sum, "gauss", False, "teacher_clean"),
-    "AdaAD": (kl_sum, "gauss", False, "teacher_adv"),
-    "DGAD": (kl_sum, "gauss", False, "teacher_adv"),
+    "AdaAD": (kl_sum, "gauss", False, "teacher"),
+    "DGAD": (kl_sum, "gauss", False, "teacher"),
     "VarGap": (kl_sum, "gauss", False, "teacher_clean"),  # its default base, RSLAD
 }
 
@@ -383,8 +375,8 @@ def test_natural_has_no_attack():
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_attack_configuration(name):
-    spec = get_method(name).for_config(config(name)).attack
-    assert (spec.inner_loss, spec.init, spec.train_mode, spec.reference) == ATTACKS[name]
+    spec = configure(config(name)).attack
+    assert (spec.inner_loss, spec.init, spec.train_mode, spec.target) == ATTACKS[name]
 
 
 def batch(n=4, size=8, seed=0):
@@ -405,37 +397,37 @@ def test_batchnorm_statistics_move_only_in_train_mode_attacks(name):
     running statistics; every other attack runs it in eval() and leaves them alone. The training
     forwards (one per student logit the loss reads) update them once each; the teacher never."""
     steps = 3
-    cfg = config(name, "--num_steps", str(steps))
-    method = get_method(name)
+    method = configure(config(name, "--num_steps", str(steps)))
     student, teacher = tiny_pair()
     extra = method.extra_module(student, teacher)
     x, y = batch()
-    training_step(method, student, teacher if method.needs_teacher else None, x, y, cfg, epoch=1, extra=extra)
-    configured = method.for_config(cfg)
-    student_forwards = len({"s_clean", "s_adv"} & set(configured.forwards))
-    attack_updates = steps if configured.attack is not None and configured.attack.train_mode else 0
+    terms, _ = training_step(method, student, teacher if method.needs_teacher else None, x, y, epoch=1, extra=extra)
+    student_forwards = len({"s_clean", "s_adv"} & set(method.forwards))
+    attack_updates = steps if method.attack is not None and method.attack.train_mode else 0
     assert student.bn.num_batches_tracked.item() == attack_updates + student_forwards
     assert teacher.bn.num_batches_tracked.item() == 0 and not teacher.training
     assert student.training
+    assert set(terms) == {"loss", *method.parts} and all(v.dim() == 0 for v in terms.values())
 
 
 def test_ard_attack_moves_running_mean_and_rslad_attack_does_not():
-    from advkd.attacks import pgd
+    from attacks import pgd
     x, y = batch()
     for name, moves in (("ARD", True), ("RSLAD", False)):
         spec = get_method(name).attack
         student, teacher = tiny_pair()
         before = student.bn.running_mean.clone()
-        reference = teacher(x) if spec.reference == "teacher_clean" else None
+        target = teacher(x) if spec.target == "teacher_clean" else None
         pgd(student, x, y, eps=8 / 255, step_size=2 / 255, steps=2, loss_fn=spec.inner_loss, init=spec.init,
-            reference=reference, train_mode=spec.train_mode)
+            target=target, train_mode=spec.train_mode)
         assert (not torch.equal(before, student.bn.running_mean)) == moves, name
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
-def test_attack_reference_and_teacher(name, monkeypatch):
-    """What the step hands the PGD engine: RSLAD the teacher's clean logits, TRADES the student's
-    clean logits in eval() mode, AdaAD/DGAD the teacher itself (recomputed at x' every step)."""
+def test_attack_target(name, monkeypatch):
+    """What the step hands the PGD engine as its one target: RSLAD the teacher's clean logits,
+    TRADES the student's clean logits in eval() mode, AdaAD/DGAD the teacher itself (evaluated at
+    x' every step), PGD-AT/ARD/IAD nothing (labels only); and the run's attack generator."""
     seen = {}
 
     def fake_pgd(model, x, y, **kwargs):
@@ -443,24 +435,46 @@ def test_attack_reference_and_teacher(name, monkeypatch):
         return x.clone()
 
     monkeypatch.setattr(method_base, "pgd", fake_pgd)
-    cfg = config(name)
-    method = get_method(name)
+    method = configure(config(name))
     student, teacher = tiny_pair()
     extra = method.extra_module(student, teacher)
     x, y = batch()
     with torch.no_grad(), module_mode(student, False):
         student_eval = student(x)
-    training_step(method, student, teacher if method.needs_teacher else None, x, y, cfg, epoch=1, extra=extra)
+    generator = torch.Generator()
+    training_step(method, student, teacher if method.needs_teacher else None, x, y, epoch=1, extra=extra,
+                  generator=generator)
     spec = ATTACKS[name]
-    assert seen["model"] is student
+    assert seen["model"] is student and seen["generator"] is generator
     assert (seen["loss_fn"], seen["init"], seen["train_mode"]) == spec[:3]
     assert (seen["eps"], seen["step_size"], seen["steps"]) == (8 / 255, 2 / 255, 10)
-    reference = {"teacher_clean": teacher(x), "student_clean": student_eval}.get(spec[3])
-    if reference is None:
-        assert seen["reference"] is None
+    if spec[3] == "labels":
+        assert seen["target"] is None
+    elif spec[3] == "teacher":
+        assert seen["target"] is teacher
     else:
-        assert torch.allclose(seen["reference"], reference)
-    assert seen["teacher"] is (teacher if spec[3] == "teacher_adv" else None)
+        expected = teacher(x) if spec[3] == "teacher_clean" else student_eval
+        assert torch.allclose(seen["target"], expected)
+
+
+# -- the methods table ----------------------------------------------------------------------------
+
+def test_the_table_lists_every_method_in_help_order_and_refuses_a_name_twice():
+    assert method_names() == ["Natural", "PGDAT", "TRADES", "ARD", "IAD", "RSLAD", "AdaAD", "DGAD", "VarGap"]
+    with pytest.raises(ValueError, match="'DGAD' is registered twice"):
+        METHODS.register(type("Again", (Method,), {"name": "DGAD"}))
+    with pytest.raises(ValueError, match="'X' is registered twice"):
+        MethodTable([type("A", (Method,), {"name": "X"}), type("B", (Method,), {"name": "X"})])
+    assert method_names()[-1] == "VarGap"  # the refused registration left the table as it was
+
+
+def test_a_configured_method_is_bound_once_and_reads_no_config_per_batch():
+    cfg = config("DGAD", "--ALP_beta", "2", "--alp", "off", "--no_map")
+    method = configure(cfg)
+    assert (method.beta, method.use_pcr, method.use_map, method.use_els, method.configured_batch) == \
+        (2.0, False, False, True, 4)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.bs = 8
 
 
 # -- the variance gap of the per-epoch evaluation -------------------------------------------------

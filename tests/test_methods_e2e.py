@@ -12,10 +12,10 @@ import runpy
 
 import pytest
 
-from advkd.checkpoint import load_weights, safe_load
-from advkd.methods import get_method
-from advkd.models import build_model
-from conftest import REPO, run_script
+from runtime.checkpoints import load_weights, safe_load
+from methods import get_method
+from models import build_model
+from helpers import REPO, run_script
 
 MODEL = "wideresnet10_1"
 TINY = ("--model", MODEL, "--train_subset", "64", "--test_subset", "32", "--bs", "32", "--eval_bs", "32",
@@ -25,7 +25,7 @@ TINY = ("--model", MODEL, "--train_subset", "64", "--test_subset", "32", "--bs",
 def run_main_in_process(*args):
     main = runpy.run_path(os.path.join(REPO, "main.py"))  # its DEFAULTS and entry, without __main__
     try:
-        return main["run"](main["DEFAULTS"], "test", list(args))
+        return main["main"](main["DEFAULTS"], "test", list(args))
     except SystemExit as exc:  # a UserError exits 2
         return exc.code
 

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from advkd.checkpoint import load_weights
-from advkd.errors import UserError
-from advkd.models import build_model
+from runtime.checkpoints import load_weights
+from runtime.errors import UserError
+from models import build_model
 
 
 @pytest.mark.parametrize("name,size,classes", [

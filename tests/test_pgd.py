@@ -4,8 +4,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from advkd.attacks import ce_sum, init_delta, kl_sum, pgd, pgd_step
-from advkd.models import build_model
+from attacks import ce_sum, init_delta, kl_sum, pgd, pgd_step
+from models import build_model
 
 EPS, STEP = 8 / 255, 2 / 255
 
@@ -91,7 +91,7 @@ def test_mode_is_restored_and_no_parameter_gradients_are_left(train_mode, start_
     seen_modes = []
     model.register_forward_hook(lambda m, i, o: seen_modes.append(m.training))
     pgd(model, x, torch.tensor([0, 1, 0, 1]), eps=EPS, step_size=STEP, steps=2, loss_fn=kl_sum,
-        init="gauss", teacher=teacher, train_mode=train_mode)
+        init="gauss", target=teacher, train_mode=train_mode)
     assert seen_modes == [train_mode, train_mode]
     assert all(m.training == start_training for m in list(model.modules()) + list(teacher.modules()))
     assert all(p.grad is None for p in list(model.parameters()) + list(teacher.parameters()))
@@ -121,12 +121,12 @@ def test_dgad_inner_loss_gradient_flows_through_the_teacher():
     teacher = small_cnn(3).eval().requires_grad_(False)
     x = torch.rand(4, 3, 8, 8) * 0.5 + 0.25
     torch.manual_seed(0)
-    through = pgd(Constant(), x, None, eps=EPS, step_size=STEP, steps=3, loss_fn=kl_sum, init="gauss", teacher=teacher)
+    through = pgd(Constant(), x, None, eps=EPS, step_size=STEP, steps=3, loss_fn=kl_sum, init="gauss", target=teacher)
     torch.manual_seed(0)
     with torch.no_grad():
         fixed = teacher(x)
     detached = pgd(Constant(), x, None, eps=EPS, step_size=STEP, steps=3, loss_fn=kl_sum, init="gauss",
-                   reference=fixed)
+                   target=fixed)
     assert (through - x).abs().max() > 3 * STEP * 0.99  # the teacher's gradient moved every step
     assert (detached - x).abs().max() < 0.01  # only the init noise: no gradient without the teacher
 

@@ -1,5 +1,6 @@
 """A 9-hour run survives: each fault is provoked for real and what survives is checked."""
 import csv
+import math
 import errno
 import os
 import signal
@@ -11,12 +12,12 @@ import pytest
 import torch
 
 import main as main_script
-from advkd import checkpoint
-from advkd.cli import run as cli_run
-from advkd.data import load_split
-from advkd.methods import get_method
-from advkd.models import build_model
-from conftest import REPO
+from runtime import checkpoints as checkpoint
+from training.cli import main as cli_run
+from data import load_split
+from methods import get_method
+from models import build_model
+from helpers import REPO
 
 TIMING = ("epoch_seconds", "images_per_second")
 
@@ -186,11 +187,13 @@ def inject_nan(monkeypatch, epoch, step):
     real_loss = method.loss
     seen = {"step": 0, "epoch": None}
 
-    def loss(out, cfg):
-        value = real_loss(out, cfg)
+    def loss(self, out):
+        terms = real_loss(self, out)
         seen["step"] = seen["step"] + 1 if seen["epoch"] == out.epoch else 1
         seen["epoch"] = out.epoch
-        return value * float("nan") if (out.epoch, seen["step"]) == (epoch, step) else value
+        if (out.epoch, seen["step"]) == (epoch, step):
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
     monkeypatch.setattr(method, "loss", loss)
 
 
@@ -281,21 +284,23 @@ def test_subset_larger_than_the_split_is_clamped_with_a_warning(real_data_dir, c
 
 
 def test_gpu_id_that_does_not_exist(monkeypatch):
-    from advkd.errors import UserError
-    from advkd.runtime import resolve_device
+    from runtime.device import resolve_device
+    from runtime.errors import UserError
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(UserError, match="--gpu_id 3 names no GPU: this machine has 2"):
         resolve_device(3)
 
 
-def test_evaluation_halves_its_batch_until_it_fits(tmp_path, real_data_dir, teacher, monkeypatch, capsys):
-    from advkd import engine
-    from advkd.cli import build_parser, resolve
-    cfg = resolve(build_parser(main_script.DEFAULTS, "test").parse_args(
-        tiny_args(real_data_dir, teacher, tmp_path / "run", epochs=1) + ["--eval_bs", "64"]))
-    trainer = engine.Trainer(cfg)
-    real = engine.attack_accuracy
+def test_evaluation_halves_its_batch_until_it_fits(monkeypatch, capsys):
+    from data import Split
+    from evaluation.accuracy import pgd_ce_attack
+    from helpers import TinyNet
+    from training import loop
+    generator = torch.Generator().manual_seed(0)
+    split = Split(torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8, generator=generator),
+                  torch.randint(0, 3, (40,), generator=generator))
+    real = loop.attack_accuracy
     sizes = []
 
     def attack_accuracy(model, split, batch_size, **kw):
@@ -303,8 +308,9 @@ def test_evaluation_halves_its_batch_until_it_fits(tmp_path, real_data_dir, teac
         if batch_size > 16:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
         return real(model, split, batch_size, **kw)
-    monkeypatch.setattr(engine, "attack_accuracy", attack_accuracy)
-    clean, robust, gap = trainer.evaluate()
-    assert sizes == [64, 32, 16, 16] and trainer.eval_bs == 16
-    assert 0 <= robust <= clean <= 100
+    monkeypatch.setattr(loop, "attack_accuracy", attack_accuracy)
+    attack = pgd_ce_attack(8 / 255, 2 / 255, 2, generator=torch.Generator().manual_seed(1))
+    (clean, robust, gap), batch_size = loop.evaluate(TinyNet(), split, 64, attack)
+    assert sizes == [64, 32, 16, 16] and batch_size == 16
+    assert 0 <= robust <= clean <= 100 and math.isfinite(gap)
     assert "--eval_bs lowered to 16" in capsys.readouterr().err

@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-from advkd.models import build_model
-from conftest import run_script
+from models import build_model
+from helpers import run_script
 
 SMALL = ["--model", "wideresnet10_1", "--teacher_model", "wideresnet10_1", "--bs", "32", "--num_steps", "2",
          "--train_subset", "96", "--test_subset", "64"]
@@ -51,8 +51,13 @@ def test_main_two_epochs_writes_every_file_and_resume_continues(tmp_path, real_d
         assert {"net", "clean_acc", "PGD10_acc", "epoch", "config"} <= set(ckpt)
         build_model("wideresnet10_1", 10).load_state_dict(ckpt["net"])
     last = torch.load(os.path.join(save_dir, "last.pth"), weights_only=True)
-    assert {"net", "optimizer", "epoch", "best_PGD10_acc", "best_clean_acc", "rng", "config"} <= set(last)
-    assert last["epoch"] == 2
+    assert {"net", "optimizer", "epoch", "clean_acc", "PGD10_acc", "best", "rng", "config", "arch"} <= set(last)
+    assert last["epoch"] == 2 and last["PGD10_acc"] == float(table[-1]["test_PGD10_acc"])
+    assert last["best"]["PGD10_acc"] == max(float(r["test_PGD10_acc"]) for r in table)
+    assert set(last["rng"]["generators"]) == {"data", "attack", "eval"}
+    assert [k for k in table[0] if k.startswith("train_L") or k == "train_st_fraction"] == \
+        ["train_L_ST", "train_L_AT", "train_L_PCR", "train_st_fraction"]
+    assert all(0 <= float(r["train_st_fraction"]) <= 1 and float(r["train_L_AT"]) > 0 for r in table)
     config = json.load(open(os.path.join(save_dir, "config.json")))
     assert config["method"] == "DGAD" and config["ALP_beta"] == 5.0 and config["mbv2_loss"] == "fixed"
     assert {"git_commit", "torch_version", "device"} <= set(config)

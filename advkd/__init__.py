@@ -1,1 +1,0 @@
-"""Adversarial knowledge distillation: DGAD and the methods it is compared with."""

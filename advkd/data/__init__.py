@@ -1,6 +1,0 @@
-"""Datasets on the training device, and augmentation as tensor ops."""
-from .datasets import DATASETS, DatasetInfo, dataset_info
-from .loader import Split, TrainBatches, load_split, random_crop_flip, test_batches, to_float
-
-__all__ = ["DATASETS", "DatasetInfo", "dataset_info", "Split", "TrainBatches", "load_split",
-           "random_crop_flip", "test_batches", "to_float"]

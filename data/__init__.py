@@ -1,0 +1,7 @@
+"""Datasets on the training device, and augmentation as tensor ops (docs/methods.md section 1.6).
+This folder holds code only: the datasets themselves live under --data_dir (default ./datasets)."""
+from .datasets import DATASETS, DatasetInfo, dataset_info
+from .loader import Split, TrainBatches, load_split, random_crop_flip, test_batches, to_float
+
+__all__ = ["DATASETS", "DatasetInfo", "dataset_info", "Split", "TrainBatches", "load_split",
+           "random_crop_flip", "test_batches", "to_float"]

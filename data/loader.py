@@ -1,0 +1,85 @@
+"""The GPU data path: a whole split as a uint8 tensor on the training device, batches drawn
+by a seeded device generator, and augmentation as batched tensor ops (no host round trips)."""
+from dataclasses import dataclass
+from typing import Iterator, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from runtime.errors import UserError, warn
+from .datasets import dataset_info, load_cifar, load_tiny_imagenet
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 (N, 3, H, W) on the device
+    labels: torch.Tensor  # int64 (N,) on the device
+
+    def __len__(self):
+        return self.labels.shape[0]
+
+
+def load_split(dataset: str, data_dir: str, split: str, device, subset: int = 0, download: bool = False) -> Split:
+    """Read a split into device memory; `subset` > 0 keeps its first `subset` images."""
+    if subset < 0:
+        raise UserError(f"--{split}_subset must be >= 0 (0 = whole split), got {subset}")
+    info = dataset_info(dataset)
+    if info.name == "Tiny_Image":
+        images, labels = load_tiny_imagenet(data_dir, split, limit=subset)
+    else:
+        images, labels = load_cifar(info.name, data_dir, split, download=download)
+    if subset > len(labels):
+        warn(f"--{split}_subset {subset} is larger than the {split} split ({len(labels)} images); using all of it")
+    if subset:
+        images, labels = images[:subset], labels[:subset]
+    if labels.min() < 0 or labels.max() >= info.num_classes:
+        raise UserError(f"{dataset} {split} labels fall outside 0..{info.num_classes - 1}")
+    return Split(torch.from_numpy(np.ascontiguousarray(images)).to(device),
+                 torch.from_numpy(labels).to(device))
+
+
+def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
+    return images_uint8.float().div_(255.0)
+
+
+def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """Random crop with `padding` px of zeros and a random horizontal flip, per image, batched.
+
+    Works on any dtype; the crop offsets and flips come from `generator` (on the images' device)."""
+    n, c, h, w = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))
+    dy = torch.randint(0, 2 * padding + 1, (n,), device=images.device, generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n,), device=images.device, generator=generator)
+    flip = torch.rand(n, device=images.device, generator=generator) < 0.5
+    rows = dy[:, None] + torch.arange(h, device=images.device)  # (n, h)
+    cols = dx[:, None] + torch.arange(w, device=images.device)  # (n, w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    batch = torch.arange(n, device=images.device)[:, None, None]
+    # Advanced indexing gathers every crop at once: (n, h, w, c) -> (n, c, h, w).
+    return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+
+
+class TrainBatches:
+    """Shuffled, augmented training batches of a device-resident split. Deterministic given the
+    generator's state, which the trainer saves for an exact resume."""
+
+    def __init__(self, split: Split, batch_size: int, generator: torch.Generator, augment: bool = True):
+        self.split, self.batch_size, self.generator, self.augment = split, batch_size, generator, augment
+
+    def __len__(self):
+        return (len(self.split) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(self.split), device=self.split.labels.device, generator=self.generator)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            images = self.split.images[idx]
+            if self.augment:
+                images = random_crop_flip(images, self.generator)
+            yield to_float(images), self.split.labels[idx]
+
+
+def test_batches(split: Split, batch_size: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    for start in range(0, len(split), batch_size):
+        yield to_float(split.images[start:start + batch_size]), split.labels[start:start + batch_size]

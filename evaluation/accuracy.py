@@ -1,0 +1,80 @@
+"""Accuracy under attack, batched over a device-resident test split. The accumulators stay on
+the device; the host reads one number per call."""
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+
+from attacks import ce_sum, module_mode, pgd
+from data import Split, test_batches
+from runtime.precision import prepare_batch
+
+
+def attack_accuracy(model: nn.Module, split: Split, batch_size: int,
+                    attack: Optional[Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]] = None,
+                    progress: Optional[Callable] = None, moments: Optional["FeatureMoments"] = None,
+                    channels_last: bool = False) -> float:
+    """Accuracy (%) of `model` in eval() mode on `split`, on adversarial inputs when `attack` is given.
+
+    moments: also accumulate the model's penultimate features of the very inputs it classifies
+    (clean, or the attack's examples) from the same forward pass; no extra attack or pass.
+    channels_last: give the model NHWC batches, as its weights are when trained with --channels_last."""
+    correct = torch.zeros((), dtype=torch.long, device=split.labels.device)
+    with module_mode(model, False):
+        for x, y in test_batches(split, batch_size):
+            x = prepare_batch(x, channels_last)
+            if attack is not None:
+                x = attack(model, x, y)
+            with torch.no_grad():
+                if moments is None:
+                    logits = model(x)
+                else:
+                    logits, features = model(x, return_features=True)
+                    moments.update(features)
+                correct += (logits.argmax(1) == y).sum()
+            if progress is not None:
+                progress(y.shape[0])
+    return 100.0 * correct.item() / max(len(split), 1)
+
+
+def pgd_ce_attack(eps: float, step_size: float, steps: int, init: str = "uniform",
+                  generator: Optional[torch.Generator] = None):
+    """PGD on cross-entropy (docs/methods.md section 6.1: uniform start), as an `attack` for attack_accuracy."""
+    def attack(model, x, y):
+        return pgd(model, x, y, eps=eps, step_size=step_size, steps=steps, loss_fn=ce_sum, init=init,
+                   generator=generator)
+    return attack
+
+
+class FeatureMoments:
+    """Running statistics of (N, d) feature batches for tr Cov over every row seen, without keeping
+    the rows: per-dimension mean and sum of squared deviations, merged batch by batch (Chan et
+    al.'s pairwise update), in float64 on the features' device so that a 10k-row test set loses
+    no precision to cancellation."""
+
+    def __init__(self):
+        self.count = 0
+        self.mean: Optional[torch.Tensor] = None
+        self.m2: Optional[torch.Tensor] = None
+
+    def update(self, features: torch.Tensor) -> None:
+        n = features.shape[0]
+        if n == 0:
+            return
+        rows = features.detach().reshape(n, -1).double()
+        mean = rows.mean(0)
+        m2 = (rows - mean).pow(2).sum(0)
+        if self.count == 0:
+            self.count, self.mean, self.m2 = n, mean, m2
+            return
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta.pow(2) * (self.count * n / total)
+        self.count = total
+
+    def trace_cov(self) -> float:
+        """tr Cov of the rows seen, centred, with 1/(N-1); nan with fewer than two rows."""
+        if self.count < 2:
+            return float("nan")
+        return (self.m2.sum() / (self.count - 1)).item()

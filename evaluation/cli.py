@@ -1,0 +1,237 @@
+"""The robustness evaluation behind main_eval.py and main_eval_tinyimagenet.py: load a checkpoint,
+run one protocol's attacks (docs/methods.md section 7) on the test set, check the numbers for the signs
+reviewers look for, print a table and write a JSON report."""
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import sys
+import time
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from data import Split, dataset_info, load_split
+from models import build_model, is_known_model, model_names
+from runtime.checkpoints import atomic_write_json, load_weights, safe_load, sha256_of
+from runtime.device import device_name, git_commit, resolve_device, seed_everything
+from runtime.errors import UserError, exit_on_user_error, warn
+from runtime.help import HelpFormatter
+
+from .accuracy import FeatureMoments, attack_accuracy
+from .autoattack import pyautoattack_version
+from .checks import Inspected, buffers_of, model_checks, ordering_warnings
+from .protocols import L2_ATTACKS, PROTOCOLS, TITLES, attack_settings, build_attack, parse_attacks
+from .report import REPORT_FORMAT, existing_report, format_table, report_to_extend
+
+DEFAULT_DATA_DIR = "./datasets"  # as training's: a folder of its own, beside the data/ code package
+EPS_SLACK = 1e-6    # float32 rounding of x + delta
+
+
+def build_parser(defaults: Dict, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    p.add_argument("--dataset", default=defaults["dataset"], choices=defaults["datasets"])
+    p.add_argument("--model", default="resnet18", help=f"architecture: {', '.join(model_names())}")
+    p.add_argument("--model_path", required=True,
+                   help="checkpoint: a state dict, or a dict holding one under 'net', 'state_dict' or 'model'; "
+                        "'module.'/'model.' key prefixes are accepted")
+    p.add_argument("--protocol", default="paper", choices=sorted(PROTOCOLS),
+                   help="; ".join(f"{p.name}: {p.description}" for p in PROTOCOLS.values()))
+    p.add_argument("--attacks", nargs="+", default=None,
+                   help="a subset of the protocol's attacks, separated by spaces or commas "
+                        "(paper: natural fgsm pgd10 cw_l2 aa; standard: natural fgsm pgd20 cw_inf aa); "
+                        "default: all of them")
+    p.add_argument("--eps", type=float, default=8, help="L-inf radius, in 1/255 pixel units")
+    p.add_argument("--bs", type=int, default=128, help="batch size (CW-L2's early abort is decided per batch)")
+    p.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="folder holding the dataset's standard layout")
+    p.add_argument("--download", action="store_true", help="download CIFAR when missing (needs internet)")
+    p.add_argument("--n_ex", type=int, default=0, help="evaluate the first N test images (0 = all)")
+    p.add_argument("--gpu_id", type=int, default=0, help="use cuda:<id>; the CPU when CUDA is unavailable")
+    p.add_argument("--seed", type=int, default=0, help="seeds the random starts of PGD/CW-inf and AutoAttack")
+    p.add_argument("--out", default=None,
+                   help="JSON report (default: <model_path>.eval.<protocol>.json); a report of the same "
+                        "checkpoint and settings is extended, attacks run again are replaced")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out even if it holds a report of other settings (e.g. another --n_ex)")
+    return p
+
+
+def resolve(cfg: argparse.Namespace) -> argparse.Namespace:
+    if not is_known_model(cfg.model):
+        raise UserError(f"unknown --model {cfg.model!r}; choose from {', '.join(model_names())}")
+    cfg.protocol_spec = PROTOCOLS[cfg.protocol]
+    cfg.attack_names = parse_attacks(cfg.attacks, cfg.protocol_spec)
+    if not cfg.eps > 0:
+        raise UserError(f"--eps must be > 0 (in 1/255 units, e.g. 8), got {cfg.eps:g}")
+    if cfg.bs < 1:
+        raise UserError(f"--bs must be >= 1, got {cfg.bs}")
+    if cfg.n_ex < 0:
+        raise UserError(f"--n_ex must be >= 0 (0 = the whole test set), got {cfg.n_ex}")
+    if cfg.out is None:
+        cfg.out = f"{cfg.model_path}.eval.{cfg.protocol}.json"
+    folder = os.path.dirname(os.path.abspath(cfg.out))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise UserError(f"cannot write the report {cfg.out}: {folder} is not a writable folder (choose --out)")
+    cfg.existing_report = None if cfg.overwrite else existing_report(cfg.out)
+    return cfg
+
+
+# -- checkpoint ------------------------------------------------------------------------------------
+
+def load_model(cfg, num_classes: int) -> Tuple[nn.Module, Dict]:
+    """The model with the checkpoint's weights, and what the checkpoint says about itself."""
+    payload = safe_load(cfg.model_path)
+    meta = {}
+    if isinstance(payload, dict):
+        arch = payload.get("arch")
+        if isinstance(arch, str) and arch != cfg.model:
+            raise UserError(f"{cfg.model_path} was saved for --model {arch}, not {cfg.model}; pass --model {arch}")
+        for key in ("arch", "epoch", "clean_acc", "PGD10_acc", "num_classes"):
+            if isinstance(payload.get(key), (int, float, str)):
+                meta[key] = payload[key]
+        config = payload.get("config")
+        if isinstance(config, dict) and isinstance(config.get("method"), str):
+            meta["method"] = config["method"]
+    model = build_model(cfg.model, num_classes)
+    load_weights(model, payload, name=cfg.model, path=cfg.model_path)
+    return model, meta
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+def run_attack(name: str, model: nn.Module, split: Split, cfg, device, moments: Optional[FeatureMoments]):
+    from tqdm import tqdm
+    eps = cfg.eps / 255
+    attack = build_attack(name, eps, cfg.seed, device)
+    inspected = Inspected(attack) if attack is not None else None
+    bar = tqdm(total=len(split), desc=TITLES[name], unit="img", leave=False, dynamic_ncols=True,
+               disable=not sys.stderr.isatty())
+    start = time.perf_counter()
+    accuracy = attack_accuracy(model, split, cfg.bs, attack=inspected, progress=bar.update, moments=moments)
+    seconds = time.perf_counter() - start
+    bar.close()
+    params = attack_settings(name, eps, cfg.seed, cfg.bs)
+    if name == "aa":
+        params.update(attack.describe())
+    entry = {"attack": TITLES[name], "protocol": cfg.protocol, "accuracy": round(accuracy, 4),
+             "correct": int(round(accuracy * len(split) / 100)), "n": len(split), "seconds": round(seconds, 3),
+             "params": params, "evaluated_at": now()}
+    entry.update(inspected.summary() if inspected is not None else {})
+    problems = []
+    if inspected is not None:
+        low, high = entry["pixel_range"]
+        if low < 0 or high > 1:
+            problems.append(f"{TITLES[name]} produced pixels outside [0,1] ({low:.6f}..{high:.6f})")
+        if name not in L2_ATTACKS and entry["max_linf_perturbation"] > eps + EPS_SLACK:
+            problems.append(f"{TITLES[name]} exceeded eps: L-inf {entry['max_linf_perturbation']:.6f} > {eps:.6f}")
+    return entry, problems, attack
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def evaluate(cfg) -> Dict:
+    protocol = cfg.protocol_spec
+    info = dataset_info(cfg.dataset)
+    device = resolve_device(cfg.gpu_id)
+    model, checkpoint_meta = load_model(cfg, info.num_classes)
+    sha256 = sha256_of(cfg.model_path)
+    identity = {"dataset": cfg.dataset, "model": cfg.model, "protocol": cfg.protocol, "eps": cfg.eps / 255}
+    seed_everything(cfg.seed)
+    split = load_split(cfg.dataset, cfg.data_dir, "test", device, cfg.n_ex, cfg.download)
+    identity["n_examples"] = len(split)
+    split_name = "val" if cfg.dataset == "Tiny_Image" else "test"  # Tiny ImageNet's labelled held-out set
+    previous = report_to_extend(cfg, identity, sha256)
+    results = {name: entry for name, entry in previous.get("results", {}).items() if name not in cfg.attack_names}
+    model = model.to(device).eval().requires_grad_(False)
+    buffers = buffers_of(model)
+
+    report = dict(identity)
+    report.update({
+        "format": REPORT_FORMAT, "complete": False, "protocol_description": protocol.description,
+        "eps_255": cfg.eps, "num_classes": info.num_classes, "split": split_name,
+        "batch_size": cfg.bs, "seed": cfg.seed,
+        "checkpoint": dict(path=os.path.abspath(cfg.model_path), sha256=sha256, **checkpoint_meta),
+        "versions": {"torch": torch.__version__, "pyautoattack": pyautoattack_version(),
+                     "python": platform.python_version(), "advkd_git_commit": git_commit()},
+        "device": device_name(device), "command": " ".join(shlex.quote(a) for a in cfg.command),
+        "created": now(), "results": results, "attacks": [n for n in protocol.attacks if n in results],
+        "variance_gap": previous.get("variance_gap"), "warnings": []})
+    print(f"evaluating {cfg.model_path} (sha256 {sha256[:12]}), {cfg.model} on {cfg.dataset} {split_name}, "
+          f"n={len(split)}, protocol {cfg.protocol} ({protocol.description}), eps {cfg.eps:g}/255, "
+          f"device {report['device']}", flush=True)
+
+    checks = dict(model_checks(model, split, cfg.bs), eval_mode=True)
+    warnings = []
+    if not checks["deterministic_forward"]:
+        warnings.append("two eval-mode forward passes on the same batch differ: the model is randomised "
+                        "(dropout or a random defence?); use AutoAttack's 'rand' version, these numbers are unreliable")
+    if checks["zero_gradient_examples"]:
+        warnings.append(f"{checks['zero_gradient_examples']} of {checks['zero_gradient_checked']} examples have an "
+                        f"exactly zero input gradient: the model may be masking gradients, so FGSM/PGD/CW "
+                        f"overestimate its robustness; trust AutoAttack (its Square attack needs no gradient)")
+
+    clean_moments = FeatureMoments() if "natural" in cfg.attack_names else None
+    adv_moments = FeatureMoments() if protocol.pgd in cfg.attack_names else None
+    for name in cfg.attack_names:
+        moments = clean_moments if name == "natural" else adv_moments if name == protocol.pgd else None
+        entry, problems, attack = run_attack(name, model, split, cfg, device, moments)
+        if any(m.training for m in model.modules()):
+            problems.append(f"the model was left in train mode after {TITLES[name]}")
+            checks["eval_mode"] = False
+            model.eval()
+        results[name] = entry
+        warnings += problems
+        line = f"{entry['attack']:<10} {entry['accuracy']:6.2f}%  ({len(split)} images, {entry['seconds']:.1f}s)"
+        if name == "aa":
+            described = attack.describe()
+            line += (f"  [pyautoattack {described['pyautoattack_version']}, version='{described['version']}', "
+                     f"{described['norm']}; ran {', '.join(described['attacks_run']) or 'nothing (no robust point)'}"
+                     f" of {', '.join(described['attacks_to_run'])}]")
+            warnings += [f"AutoAttack: {message}" for message in described["autoattack_warnings"]]
+        print(line, flush=True)
+        report["results"] = results
+        report["attacks"] = [n for n in protocol.attacks if n in results]  # JSON objects have no order
+        atomic_write_json(cfg.out, report)  # after each attack: a long run that dies keeps what it finished
+
+    if clean_moments is not None and adv_moments is not None:
+        clean_trace, adv_trace = clean_moments.trace_cov(), adv_moments.trace_cov()
+        if clean_moments.count >= 2:
+            report["variance_gap"] = {
+                "value": adv_trace - clean_trace, "trace_cov_adversarial": adv_trace, "trace_cov_clean": clean_trace,
+                "adversarial_inputs": protocol.pgd, "n": clean_moments.count,
+                "features": "penultimate, globally pooled; covariance centred, 1/(N-1)"}
+    checks["buffers_unchanged"] = all(torch.equal(a, b) for a, b in zip(buffers, buffers_of(model)))
+    if not checks["buffers_unchanged"]:
+        warnings.append("the model's buffers (BatchNorm statistics) changed during the evaluation: "
+                        "some attack ran it in train mode; these numbers are not of the saved model")
+    ordering = ordering_warnings(results, protocol.pgd)
+    checks["ordering_ok"] = not ordering
+    warnings += ordering
+    for message in warnings:
+        warn(message)
+    report.update({"checks": checks, "warnings": warnings, "complete": True, "finished": now()})
+    atomic_write_json(cfg.out, report)
+
+    print(format_table(results, protocol.attacks))
+    gap = report["variance_gap"]
+    if gap is not None:
+        print(f"variance gap (tr Cov of penultimate features, {TITLES[protocol.pgd]} minus clean): "
+              f"{gap['value']:.4f} ({gap['trace_cov_adversarial']:.4f} - {gap['trace_cov_clean']:.4f})")
+    print(f"report: {cfg.out}", flush=True)
+    return report
+
+
+def main(defaults: Dict, description: str, argv: Optional[Sequence[str]] = None) -> int:
+    cfg = build_parser(defaults, description).parse_args(argv)
+    cfg.command = [os.path.basename(sys.argv[0])] + list(sys.argv[1:] if argv is None else argv)
+    with exit_on_user_error():
+        try:
+            evaluate(resolve(cfg))
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+    return 0

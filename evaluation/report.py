@@ -1,0 +1,54 @@
+"""The JSON report of main_eval.py: which report a run may extend, and the printed table."""
+import json
+import os
+from typing import Dict, Optional, Sequence
+
+from runtime.errors import UserError
+
+REPORT_FORMAT = "advkd-eval/1"
+# A report is only extended by a run that evaluates the same thing; these fields say what that is.
+IDENTITY = ("dataset", "model", "protocol", "eps", "n_examples")
+
+
+def existing_report(out: str) -> Optional[Dict]:
+    """The report already at `out`, if any; a file there that is not one is not ours to replace."""
+    if not os.path.exists(out):
+        return None
+    try:
+        with open(out) as f:
+            report = json.load(f)
+        if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
+            raise ValueError(f"no \"format\": \"{REPORT_FORMAT}\"")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{out} exists and is not an evaluation report of this tool ({exc}); "
+                        f"choose another --out or pass --overwrite") from None
+    return report
+
+
+def report_to_extend(cfg, identity: Dict, sha256: str) -> Dict:
+    """The report at --out when this run extends it (same checkpoint and settings), else {}."""
+    report = cfg.existing_report
+    if report is None:
+        return {}
+    if (report.get("checkpoint") or {}).get("sha256") != sha256:
+        print(f"{cfg.out} describes an earlier version of {cfg.model_path} (another sha256): replacing it",
+              flush=True)
+        return {}
+    differences = [f"{key} {report.get(key)!r} (now {identity[key]!r})" for key in IDENTITY
+                   if report.get(key) != identity[key]]
+    if differences:
+        raise UserError(f"{cfg.out} holds an evaluation of this checkpoint with other settings "
+                        f"({', '.join(differences)}); choose another --out or pass --overwrite to replace it")
+    kept = [name for name in report.get("results", {}) if name not in cfg.attack_names]
+    if kept:
+        print(f"keeping {', '.join(kept)} from {cfg.out}", flush=True)
+    return report
+
+
+def format_table(results: Dict, order: Sequence[str]) -> str:
+    lines = [f"{'attack':<12} {'protocol':<9} {'accuracy %':>10} {'n':>7} {'seconds':>9}"]
+    for name in order:
+        if name in results:
+            e = results[name]
+            lines.append(f"{e['attack']:<12} {e['protocol']:<9} {e['accuracy']:>10.2f} {e['n']:>7} {e['seconds']:>9.1f}")
+    return "\n".join(lines)

@@ -1,0 +1,168 @@
+"""What a training method is, and the one generic training step that runs any of them.
+
+A method class declares its attack (`AttackSpec`), the forward passes its loss reads, its own
+command-line options and the names of its loss parts. `Method(config)` binds one run's values
+once; per batch, `loss(outputs)` reads only those bound values and returns the total under
+'loss' beside the named parts, which the run logs per epoch (docs/methods.md section 8.1)."""
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from attacks import Target, module_mode, pgd
+
+TARGETS = ("labels", "teacher_clean", "student_clean", "teacher")
+FORWARDS = ("s_clean", "s_adv", "t_clean", "t_adv")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """The inner maximisation of a method (docs/methods.md section 6.1).
+
+    inner_loss(student_logits, y, reference) is summed over the batch. target names the reference:
+    'labels' (none), 'teacher_clean' (T(x), fixed), 'student_clean' (S(x) in eval mode, fixed) or
+    'teacher' (T(x') at every step, the gradient flowing through it). train_mode: the student's
+    BatchNorm mode during the attack (True = train(), updating running statistics)."""
+    inner_loss: Callable
+    init: str
+    train_mode: bool = False
+    target: str = "labels"
+
+    def __post_init__(self):
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The training attack's L-inf PGD: radius and step in pixel units, and the number of steps."""
+    eps: float
+    step_size: float
+    steps: int
+
+
+@dataclass(frozen=True)
+class Option:
+    """A method-specific command-line option (`--<name>`)."""
+    default: Any  # a value, or a function of the parsed args
+    help: str = ""
+    type: Optional[Callable] = None
+    choices: Optional[Tuple] = None
+    flag: bool = False  # a store_true switch
+
+    def resolve_default(self, args):
+        return self.default(args) if callable(self.default) else self.default
+
+
+@dataclass
+class StepOutputs:
+    """Everything a method's loss may read for one batch. Logits it did not ask for are None."""
+    y: torch.Tensor
+    epoch: int  # 1-based
+    s_clean: Optional[torch.Tensor] = None
+    s_adv: Optional[torch.Tensor] = None
+    t_clean: Optional[torch.Tensor] = None
+    t_adv: Optional[torch.Tensor] = None
+    features: Dict[str, torch.Tensor] = field(default_factory=dict)  # same keys, with_features only
+    extra: Optional[nn.Module] = None  # the run's extra_module (e.g. VarGap's projector), if any
+
+    @property
+    def trained_logits(self) -> torch.Tensor:
+        """The logits behind the logged train accuracy: adversarial when the method attacks."""
+        return self.s_adv if self.s_adv is not None else self.s_clean
+
+
+class Method:
+    """A training method. Subclasses set the class attributes, bind their options in __init__ and
+    implement `loss`."""
+    name: str = ""
+    summary: str = ""
+    paper: str = ""
+    needs_teacher: bool = False
+    attack: Optional[AttackSpec] = None
+    forwards: Tuple[str, ...] = ("s_adv",)
+    with_features: bool = False
+    # Method-specific command-line options this method reads. Options of other methods are
+    # rejected when given; one name shared by several methods must mean the same thing.
+    options: Dict[str, Option] = {}
+    parts: Tuple[str, ...] = ()  # the loss's named parts besides 'loss'
+
+    def __init__(self, config):
+        self.budget = Budget(config.epsilon / 255, config.step_size / 255, config.num_steps)
+
+    @classmethod
+    def options_for(cls, args) -> Dict[str, Option]:
+        """The options a run with these arguments reads (VarGap adds those of its --vg_base)."""
+        return cls.options
+
+    def loss(self, out: StepOutputs) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def extra_module(self, student: nn.Module, teacher: Optional[nn.Module]) -> Optional[nn.Module]:
+        """Trainable parameters beyond the student's (e.g. a projector), saved with the student."""
+        return None
+
+    @classmethod
+    def describe(cls) -> Dict[str, Any]:
+        return {"method": cls.name, "paper": cls.paper, "summary": cls.summary}
+
+
+def forward(model: nn.Module, x: torch.Tensor, key: str, out: StepOutputs, with_features: bool) -> torch.Tensor:
+    """model(x) as fp32 logits; with features, they are kept in out.features[key]."""
+    if with_features:
+        logits, out.features[key] = model(x, return_features=True)
+        return logits.float()
+    return model(x).float()
+
+
+def attack_target(spec: AttackSpec, student: nn.Module, teacher: Optional[nn.Module], x: torch.Tensor,
+                  t_clean: Optional[torch.Tensor], autocast: Callable = contextlib.nullcontext) -> Target:
+    """The one place that turns `spec.target` into what `pgd` takes: None, fixed logits or a network."""
+    if spec.target == "labels":
+        return None
+    if spec.target == "teacher":
+        return teacher
+    if spec.target == "teacher_clean":
+        if t_clean is not None:
+            return t_clean
+        with torch.no_grad(), autocast():
+            return teacher(x).float()
+    with module_mode(student, False), torch.no_grad(), autocast():  # student_clean
+        return student(x).float()
+
+
+def training_step(method: Method, student: nn.Module, teacher: Optional[nn.Module], x: torch.Tensor,
+                  y: torch.Tensor, epoch: int, generator: Optional[torch.Generator] = None,
+                  autocast: Optional[Callable] = None, extra: Optional[nn.Module] = None
+                  ) -> Tuple[Dict[str, torch.Tensor], StepOutputs]:
+    """Attack (if the method has one), then the forward passes the loss needs, then the loss.
+
+    The student's forward passes on x and x' are separate train() calls; the teacher is
+    frozen and runs without grad outside the attack. T(x) is computed at most once
+    (docs/methods.md section 1.5). `generator` draws the attack's random start."""
+    autocast = autocast or contextlib.nullcontext
+    out = StepOutputs(y=y, epoch=epoch, extra=extra)
+    needs, features = set(method.forwards), method.with_features
+    x_adv = x
+    if method.attack is not None:
+        spec = method.attack
+        if "t_clean" in needs or spec.target == "teacher_clean":
+            with torch.no_grad(), autocast():
+                out.t_clean = forward(teacher, x, "t_clean", out, features)
+        budget = method.budget
+        x_adv = pgd(student, x, y, eps=budget.eps, step_size=budget.step_size, steps=budget.steps,
+                    loss_fn=spec.inner_loss, init=spec.init, train_mode=spec.train_mode, generator=generator,
+                    target=attack_target(spec, student, teacher, x, out.t_clean, autocast), autocast=autocast)
+    with module_mode(student, True), autocast():
+        if "s_clean" in needs:
+            out.s_clean = forward(student, x, "s_clean", out, features)
+        if "s_adv" in needs:
+            out.s_adv = forward(student, x_adv, "s_adv", out, features)
+        with torch.no_grad():
+            if "t_clean" in needs and out.t_clean is None:
+                out.t_clean = forward(teacher, x, "t_clean", out, features)
+            if "t_adv" in needs:
+                out.t_adv = forward(teacher, x_adv, "t_adv", out, features)
+    return method.loss(out), out

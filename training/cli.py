@@ -1,0 +1,28 @@
+"""The training entry point behind main.py and main_tiny.py: parse, resolve, fit, and turn a stop
+into the right exit status with the command that resumes."""
+import os
+import sys
+from typing import Dict, Optional, Sequence
+
+from runtime.errors import exit_on_user_error
+
+from .config import build_parser, resolve
+from .loop import fit
+from .signals import RunInterrupted
+
+
+def main(prog_defaults: Dict, description: str, argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser(prog_defaults, description).parse_args(argv)
+    with exit_on_user_error():
+        try:
+            fit(resolve(args))
+        except RunInterrupted as stop:
+            resume = " ".join([os.path.basename(sys.argv[0]) or "main.py"] +
+                              [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--resume"])
+            print(f"{stop}. Resume with: python {resume} --resume", file=sys.stderr, flush=True)
+            return stop.exit_code
+        except KeyboardInterrupt:
+            print("interrupted before last.pth was saved; resume continues from the last completed epoch",
+                  file=sys.stderr, flush=True)
+            return 130
+    return 0

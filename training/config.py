@@ -1,0 +1,197 @@
+"""The training command line, and its resolution into one frozen `Config` per run."""
+import argparse
+import dataclasses
+import os
+import types
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional
+
+from data import DATASETS
+from methods import all_options, get_method, method_names
+from models import is_known_model, model_names
+from runtime.errors import UserError, warn
+from runtime.help import HelpFormatter
+from runtime.precision import PRECISIONS
+
+from .schedule import SCHEDULES
+
+DEFAULT_LR = {"mobilenetV2": 0.05}  # everything else: 0.1
+DEFAULT_DATA_DIR = "./datasets"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every resolved setting of one training run. `options` holds the method's own options."""
+    dataset: str
+    model: str
+    method: str
+    teacher_model: Optional[str]
+    teacher_path: Optional[str]
+    data_dir: str
+    download: bool
+    save_dir: str
+    resume: bool
+    overwrite: bool
+    stop_after: int
+    train_subset: int
+    test_subset: int
+    seed: int
+    gpu_id: int
+    deterministic: bool
+    nan_policy: str
+    epsilon: float
+    num_steps: int
+    step_size: float
+    epochs: int
+    bs: int
+    lr_max: float
+    lr_schedule: str
+    momentum: float
+    weight_decay: float
+    eval_bs: int
+    precision: str
+    channels_last: bool
+    compile: bool
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def record(self) -> Dict[str, Any]:
+        """The settings as one flat dict (method options beside the others), for config.json."""
+        flat = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        flat.update(self.options)
+        return flat
+
+
+def readers_and_defaults(name: str, users) -> str:
+    """'[ARD: 30.0, IAD: 1.0]': the methods that read option `name`, each with its own default."""
+    parts = []
+    for user in users:
+        option = get_method(user).options[name]
+        parts.append(user if option.flag or callable(option.default) else f"{user}: {option.default}")
+    return f"[{', '.join(parts)}]"
+
+
+def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    g = p.add_argument_group("run")
+    g.add_argument("--dataset", default=prog_defaults["dataset"], choices=prog_defaults["datasets"])
+    g.add_argument("--model", default="resnet18", help=f"student: {', '.join(model_names())}")
+    g.add_argument("--method", default="DGAD",
+                   help=f"one of: {', '.join(method_names())} (VarGap is an approximate re-implementation "
+                        f"from its paper's abstract; see README)")
+    g.add_argument("--teacher_model", default=prog_defaults["teacher_model"], help="teacher architecture")
+    g.add_argument("--teacher_path", default=None,
+                   help="teacher checkpoint (default checkpoints/teachers/<dataset>/<teacher_model>.pth)")
+    g.add_argument("--data_dir", default=DEFAULT_DATA_DIR,
+                   help="folder holding the dataset's standard layout (a folder of its own, not the data/ code "
+                        "package)")
+    g.add_argument("--download", action="store_true", help="download CIFAR when missing (needs internet)")
+    g.add_argument("--save_dir", default=None,
+                   help="where the run's files go (default checkpoints/<dataset>/<method>/<name from the flags>)")
+    g.add_argument("--resume", action="store_true", help="continue from last.pth in --save_dir")
+    g.add_argument("--overwrite", action="store_true", help="replace a run already in --save_dir")
+    g.add_argument("--stop_after", type=int, default=0,
+                   help="stop cleanly after this many epochs of this invocation (fits a scheduler's time slot; "
+                        "continue with --resume); 0 = run to --epochs")
+    g.add_argument("--train_subset", type=int, default=0, help="use the first N training images (0 = all)")
+    g.add_argument("--test_subset", type=int, default=0, help="use the first N test images (0 = all)")
+    g.add_argument("--seed", type=int, default=42,
+                   help="seeds the models' initialisation and the run's own random streams (data order and "
+                        "augmentation, attack starts, evaluation PGD starts)")
+    g.add_argument("--gpu_id", type=int, default=0, help="use cuda:<id>; the CPU when CUDA is unavailable")
+    g.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms: a resumed run matches an unbroken one bitwise (slower on CUDA)")
+    g.add_argument("--nan_policy", default="stop", choices=("stop", "skip"),
+                   help="on a non-finite loss: stop the run, or skip that batch's update (one host sync per step)")
+
+    g = p.add_argument_group("attack (epsilon and step size in 1/255 pixel units)")
+    g.add_argument("--epsilon", type=float, default=8)
+    g.add_argument("--num_steps", type=int, default=10)
+    g.add_argument("--step_size", type=float, default=2)
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=200)
+    g.add_argument("--bs", type=int, default=128, help="batch size B")
+    g.add_argument("--lr_max", type=float, default=None, help="default 0.1; 0.05 for mobilenetV2")
+    g.add_argument("--lr_schedule", default="piecewise", choices=SCHEDULES)
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight_decay", type=float, default=5e-4)
+    g.add_argument("--eval_bs", type=int, default=1024,
+                   help="batch size of the per-epoch test evaluation; halved on a CUDA out-of-memory error")
+
+    g = p.add_argument_group("speed (see bench.py)")
+    g.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="bf16: the networks run under bf16 autocast in the attack and the update (images, "
+                        "perturbations and losses stay fp32); fp32 stays the default until bf16 is shown to "
+                        "keep robustness")
+    g.add_argument("--channels_last", action="store_true", help="NHWC weights and batches (faster convolutions on GPUs)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the networks (minutes of compilation first; opt-in)")
+
+    g = p.add_argument_group("method options (each is rejected for a method that does not read it)")
+    for name, (option, users) in sorted(all_options().items()):
+        help_text = f"{option.help} {readers_and_defaults(name, users)}"
+        if option.flag:
+            g.add_argument(f"--{name}", action="store_true", default=None, help=help_text)
+        else:
+            g.add_argument(f"--{name}", type=option.type, choices=option.choices, default=None, help=help_text)
+    return p
+
+
+def default_save_dir(args, method_options) -> str:
+    parts = [args.model]
+    if get_method(args.method).needs_teacher:
+        parts.append(f"T-{args.teacher_model}")
+    parts += [f"eps{args.epsilon:g}", f"k{args.num_steps}", f"a{args.step_size:g}", f"bs{args.bs}",
+              f"lr{args.lr_max:g}", args.lr_schedule, f"e{args.epochs}"]
+    for name, option in method_options.items():
+        value = getattr(args, name)
+        if value != option.resolve_default(args):
+            parts.append(name if value is True else f"{name}{value}")
+    if args.train_subset:
+        parts.append(f"sub{args.train_subset}")
+    if args.precision != "fp32":
+        parts.append(args.precision)
+    parts.append(f"seed{args.seed}")
+    return os.path.join("checkpoints", args.dataset, args.method, "_".join(parts))
+
+
+def resolve(args: argparse.Namespace) -> Config:
+    """Validate the parsed arguments, fill the defaults that depend on other arguments, and freeze
+    them. `args` itself is filled in too (bench.py reads its own flags beside the config)."""
+    try:
+        method = get_method(args.method)
+    except KeyError:
+        raise UserError(f"unknown --method {args.method!r}; choose from {', '.join(method_names())}") from None
+    for flag in ("model", "teacher_model"):
+        if not is_known_model(getattr(args, flag)):
+            raise UserError(f"unknown --{flag} {getattr(args, flag)!r}; choose from {', '.join(model_names())}")
+    own = method.options_for(args)  # VarGap also reads the options of its --vg_base
+    for name, (option, users) in all_options().items():
+        if name in own:  # defaults are per method: ARD and IAD share --temp, not its default
+            if getattr(args, name) is None:
+                setattr(args, name, own[name].resolve_default(args))
+        elif getattr(args, name) is not None:
+            raise UserError(f"--{name} is not used by --method {args.method} (it is an option of "
+                            f"{', '.join(users)}); remove it")
+    if args.epsilon < 0 or args.step_size < 0:
+        raise UserError(f"--epsilon and --step_size must be >= 0 (got {args.epsilon:g}, {args.step_size:g})")
+    if method.attack is not None and args.num_steps < 1:
+        raise UserError(f"--num_steps must be >= 1 for --method {args.method}, which trains on an attack")
+    if args.step_size > args.epsilon:
+        warn(f"--step_size {args.step_size:g} is larger than --epsilon {args.epsilon:g}")
+    for flag in ("bs", "epochs", "eval_bs"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    for flag in ("train_subset", "test_subset", "stop_after"):
+        if getattr(args, flag) < 0:
+            raise UserError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
+    if args.lr_max is None:
+        args.lr_max = DEFAULT_LR.get(args.model, 0.1)
+    if method.needs_teacher and args.teacher_path is None:
+        args.teacher_path = os.path.join("checkpoints", "teachers", args.dataset, f"{args.teacher_model}.pth")
+    if not method.needs_teacher:
+        args.teacher_model = args.teacher_path = None
+    if args.save_dir is None:
+        args.save_dir = default_save_dir(args, own)
+    common = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if f.name != "options"}
+    return Config(**common, options=types.MappingProxyType({name: getattr(args, name) for name in own}))

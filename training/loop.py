@@ -1,0 +1,217 @@
+"""fit(config): the training loop of main.py and main_tiny.py, top to bottom.
+
+Per epoch: set the learning rate, train one epoch (the method's attack, forward passes, loss and
+SGD step per batch), evaluate clean and PGD-10 accuracy, keep the best and last checkpoints, log a
+results.csv row. Device work is queued without host syncs; the host reads the epoch's totals once.
+"""
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from data import Split, TrainBatches, dataset_info, load_split
+from evaluation.accuracy import FeatureMoments, attack_accuracy, pgd_ce_attack
+from methods import Method, configure, training_step
+from runtime.device import configure_determinism, device_name, git_commit, resolve_device, seed_everything
+from runtime.precision import autocast_factory, prepare_batch
+
+from .finite import FiniteCheck
+from .networks import Trainee, build_trainee, require_teacher_file
+from .run_dir import RunDirectory, RunState, result_fields
+from .schedule import learning_rate
+from .signals import GracefulStop, RunInterrupted
+
+EVAL_PGD_STEPS = 10
+
+
+def fit(config) -> RunState:
+    method = configure(config)
+    info = dataset_info(config.dataset)
+    device = resolve_device(config.gpu_id)
+    run = RunDirectory(config.save_dir, result_fields(method.parts), config.resume, config.overwrite)
+    configure_determinism(config.deterministic)
+    seed_everything(config.seed)
+    if method.needs_teacher:
+        require_teacher_file(config)  # before minutes of data loading
+    train_split = load_split(config.dataset, config.data_dir, "train", device, config.train_subset, config.download)
+    test_split = load_split(config.dataset, config.data_dir, "test", device, config.test_subset, config.download)
+    trainee = build_trainee(config, method, info.num_classes, device)
+    record = dict(config.record(), **method.describe(), loss_parts=list(method.parts), git_commit=git_commit(),
+                  torch_version=str(torch.__version__), device=device_name(device), num_classes=info.num_classes,
+                  train_images=len(train_split), test_images=len(test_split))
+    state, cursor = run.resume(trainee, config) if config.resume else (RunState(), None)
+    run.open(record, fresh=state.epoch == 0 and cursor is None)
+    if state.epoch >= config.epochs:
+        print(f"{config.save_dir} has already completed {state.epoch} epochs", flush=True)
+        return state
+
+    batches = TrainBatches(train_split, config.bs, trainee.generators["data"])
+    eval_attack = pgd_ce_attack(config.epsilon / 255, config.step_size / 255, EVAL_PGD_STEPS,
+                                generator=trainee.generators["eval"])
+    autocast = autocast_factory(config.precision, device)
+    eval_bs, first_epoch = config.eval_bs, state.epoch + 1
+    with GracefulStop() as stop:
+        for epoch in range(first_epoch, config.epochs + 1):
+            lr = learning_rate(config.lr_schedule, config.lr_max, epoch - 1, config.epochs)
+            resume_at = cursor if cursor is not None and cursor["epoch"] == epoch else None
+            cursor = None
+            stats = train_one_epoch(method, trainee, batches, epoch, lr, config, autocast, stop, resume_at)
+            if stats.unfinished is not None:  # a signal arrived mid-epoch
+                run.save_last(trainee, state, stats.unfinished)
+                raise RunInterrupted(stop.signal_name, epoch, stats.unfinished["step"])
+
+            eval_start = time.perf_counter()
+            (clean, robust, variance_gap), eval_bs = evaluate(trainee.student, test_split, eval_bs, eval_attack,
+                                                              config.channels_last)
+            row = {"epoch": epoch, "lr": float(f"{lr:.10g}"), "train_loss": round(stats.loss, 6),
+                   "train_acc": round(stats.accuracy, 4), "test_clean_acc": round(clean, 4),
+                   "test_PGD10_acc": round(robust, 4), "test_variance_gap": round(variance_gap, 6),
+                   "epoch_seconds": round(stats.seconds + time.perf_counter() - eval_start, 3),
+                   "images_per_second": round(stats.seen / max(stats.seconds, 1e-9), 2),
+                   **{f"train_{name}": round(value, 6) for name, value in stats.parts.items()}}
+            state.history.append(row)
+            state.epoch = epoch
+            if robust > state.best_pgd:
+                state.best_pgd = robust
+                run.save_best("best_PGD10_acc_model.pth", trainee, row)
+            if clean > state.best_clean:
+                state.best_clean = clean
+                run.save_best("best_clean_acc_model.pth", trainee, row)
+            run.write_results(state.history)
+            run.save_last(trainee, state)
+
+            skipped = f", {stats.skipped} non-finite steps skipped" if stats.skipped else ""
+            print(f"epoch {epoch}/{config.epochs} lr {lr:.4g} loss {stats.loss:.4f} train_acc {stats.accuracy:.2f} "
+                  f"clean {clean:.2f} PGD10 {robust:.2f} ({row['epoch_seconds']:.1f}s, "
+                  f"{row['images_per_second']:.1f} img/s{skipped})", flush=True)
+            if stop.signal_name is not None and epoch < config.epochs:
+                raise RunInterrupted(stop.signal_name, epoch, None)
+            if config.stop_after and epoch - first_epoch + 1 >= config.stop_after and epoch < config.epochs:
+                print(f"stopped after {config.stop_after} epochs (--stop_after); continue with --resume", flush=True)
+                break
+    return state
+
+
+@dataclass
+class EpochTotals:
+    """Sums over the samples of an epoch, kept on the device: the host reads them once, at its end.
+    Saved in last.pth (with the step reached) when a signal stops the epoch midway."""
+    seen: int
+    loss: torch.Tensor
+    correct: torch.Tensor
+    parts: torch.Tensor  # (number of loss parts,)
+    seconds: float = 0.0
+
+    @classmethod
+    def zeros(cls, num_parts: int, device) -> "EpochTotals":
+        return cls(0, torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device),
+                   torch.zeros(num_parts, device=device))
+
+    def as_dict(self) -> Dict:
+        return {"seen": self.seen, "loss": self.loss, "correct": self.correct, "parts": self.parts,
+                "seconds": self.seconds}
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    accuracy: float
+    parts: Dict[str, float]
+    seen: int
+    seconds: float
+    skipped: int
+    unfinished: Optional[Dict] = None  # the cursor to save when a signal stopped the epoch
+
+
+def train_one_epoch(method: Method, trainee: Trainee, batches: TrainBatches, epoch: int, lr: float, config,
+                    autocast: Optional[Callable], stop: GracefulStop, resume_at: Optional[Dict] = None) -> EpochStats:
+    """One pass over the training set. `resume_at` (from an interrupted run's last.pth) replays the
+    batches already taken, without training on them, so that the epoch ends exactly as unbroken."""
+    device = batches.split.labels.device
+    data_stream = trainee.generators["data"]
+    for group in trainee.optimizer.param_groups:
+        group["lr"] = lr
+    if resume_at is None:
+        done, epoch_start_data = 0, data_stream.get_state()
+        totals = EpochTotals.zeros(len(method.parts), device)
+    else:
+        done, epoch_start_data = resume_at["step"], resume_at["data_stream"]
+        data_stream.set_state(epoch_start_data)
+        totals = EpochTotals(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in resume_at["totals"].items()})
+    start = time.perf_counter() - totals.seconds
+    bar = tqdm(total=len(batches.split), initial=totals.seen, desc=f"epoch {epoch}/{config.epochs}", unit="img",
+               leave=False, disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    pending_check, skipped = None, 0
+    for step, (x, y) in enumerate(batches):
+        if step < done:
+            continue  # replayed only to advance the data stream exactly as the interrupted run did
+        x = prepare_batch(x, config.channels_last)
+        terms, out = training_step(method, trainee.student, trainee.teacher, x, y, epoch,
+                                   generator=trainee.generators["attack"], autocast=autocast, extra=trainee.extra)
+        loss = terms["loss"]
+        finite = torch.isfinite(loss.detach())
+        if config.nan_policy == "skip":
+            if not finite.item():  # the host must decide before the update: one sync per step
+                skipped += 1
+                continue
+        elif pending_check is not None:
+            pending_check.check()  # the previous step's flag: no wait on the step just queued
+        trainee.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        trainee.optimizer.step()
+        if config.nan_policy == "stop":
+            pending_check = FiniteCheck(finite, epoch, step + 1)
+        n = y.shape[0]
+        totals.seen += n
+        totals.loss += loss.detach() * n
+        totals.correct += (out.trained_logits.detach().argmax(1) == y).sum()
+        if method.parts:
+            totals.parts += torch.stack([terms[name].detach().float() for name in method.parts]) * n
+        bar.update(n)
+        if not bar.disable and step % 20 == 0:  # one host sync per 20 steps, for the display only
+            bar.set_postfix(loss=f"{(totals.loss / totals.seen).item():.4f}")
+        if stop.signal_name is not None:
+            if pending_check is not None:
+                pending_check.check()
+            totals.seconds = time.perf_counter() - start
+            cursor = {"epoch": epoch, "step": step + 1, "data_stream": epoch_start_data, "totals": totals.as_dict()}
+            return EpochStats(0.0, 0.0, {}, totals.seen, totals.seconds, skipped, unfinished=cursor)
+    if pending_check is not None:
+        pending_check.check()
+    bar.close()
+    seen = max(totals.seen, 1)
+    means = (totals.parts / seen).tolist()
+    return EpochStats((totals.loss / seen).item(), 100.0 * totals.correct.item() / seen,
+                      dict(zip(method.parts, means)), totals.seen, time.perf_counter() - start, skipped)
+
+
+def halving_on_oom(measure: Callable[[int], Tuple], batch_size: int) -> Tuple[Tuple, int]:
+    """measure(batch_size) at the largest batch size that fits: halved on each CUDA out-of-memory
+    error; returns the result and the size that worked (the run keeps it)."""
+    while True:
+        try:
+            return measure(batch_size), batch_size
+        except torch.cuda.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            batch_size //= 2
+            torch.cuda.empty_cache()
+            print(f"evaluation ran out of GPU memory: --eval_bs lowered to {batch_size}", file=sys.stderr)
+
+
+def evaluate(student: nn.Module, split: Split, batch_size: int, attack: Callable,
+             channels_last: bool = False) -> Tuple[Tuple[float, float, float], int]:
+    """Clean and PGD-10 accuracy, and the student's variance gap tr Cov(f(x')) - tr Cov(f(x))
+    (docs/methods.md section 7.4) from the features of the same forward passes."""
+    def measure(size: int) -> Tuple[float, float, float]:
+        clean_moments, adv_moments = FeatureMoments(), FeatureMoments()
+        clean = attack_accuracy(student, split, size, moments=clean_moments, channels_last=channels_last)
+        robust = attack_accuracy(student, split, size, attack=attack, moments=adv_moments,
+                                 channels_last=channels_last)
+        return clean, robust, adv_moments.trace_cov() - clean_moments.trace_cov()
+    return halving_on_oom(measure, batch_size)
+

@@ -1,0 +1,87 @@
+"""The networks a run trains and distils from, the optimiser, and the run's own random streams:
+everything a checkpoint saves and a resume restores (`Trainee`)."""
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn as nn
+
+from methods import Method, method_names
+from models import build_model
+from runtime.checkpoints import load_weights
+from runtime.device import capture_rng_state, make_generator, restore_rng_state
+from runtime.errors import UserError
+from runtime.precision import prepare_model
+
+from .schedule import build_optimizer
+
+# Each stream has its own seed, derived from --seed: changing how often one is drawn from (say, a
+# longer evaluation) leaves the others as they were. The data stream keeps --seed itself.
+STREAM_SEED_OFFSETS = {"data": 0, "attack": 1_000_003, "eval": 2_000_006}
+
+
+def teacher_missing_message(teacher_model: str, teacher_path: str, dataset: str) -> str:
+    make_one = (f"or train one here: python main.py --dataset {dataset} --model {teacher_model} "
+                f"--method TRADES, then pass its best_PGD10_acc_model.pth as --teacher_path"
+                if "TRADES" in method_names() else "or train one with a method that needs no teacher")
+    return (f"teacher checkpoint not found: {teacher_path}. Put a robust {teacher_model} for "
+            f"{dataset} there or pass --teacher_path; published teachers and where to download them "
+            f"are listed in checkpoints/README.md, {make_one}")
+
+
+def require_teacher_file(config) -> None:
+    if not os.path.isfile(config.teacher_path):
+        raise UserError(teacher_missing_message(config.teacher_model, config.teacher_path, config.dataset))
+
+
+def load_teacher(teacher_model: str, teacher_path: str, dataset: str, num_classes: int, device) -> nn.Module:
+    """The teacher with its checkpoint's weights: on `device`, eval(), frozen."""
+    if not os.path.isfile(teacher_path):
+        raise UserError(teacher_missing_message(teacher_model, teacher_path, dataset))
+    teacher = build_model(teacher_model, num_classes)
+    load_weights(teacher, teacher_path, name=f"teacher {teacher_model}", path=teacher_path)
+    return teacher.to(device).eval().requires_grad_(False)
+
+
+def run_generators(device: torch.device, seed: int) -> Dict[str, torch.Generator]:
+    """data: batch order and augmentation; attack: the training attack's start; eval: the per-epoch PGD's start."""
+    return {name: make_generator(device, seed + offset) for name, offset in STREAM_SEED_OFFSETS.items()}
+
+
+@dataclass
+class Trainee:
+    """The student (and a method's extra module), its frozen teacher, the optimiser, and the random
+    streams. Networks are converted in place for --channels_last and compiled in place for
+    --compile (`nn.Module.compile`), so each has one handle and its state dict keeps its names."""
+    student: nn.Module
+    teacher: Optional[nn.Module]
+    extra: Optional[nn.Module]
+    optimizer: torch.optim.Optimizer
+    generators: Dict[str, torch.Generator]
+
+    def resume_state(self) -> Dict[str, Any]:
+        """What last.pth adds to a checkpoint for an exact resume (besides the weights)."""
+        return {"optimizer": self.optimizer.state_dict(), "rng": capture_rng_state(self.generators)}
+
+    def load(self, payload: Dict[str, Any], path: str, arch: str) -> None:
+        load_weights(self.student, payload, name=arch, path=path)
+        if self.extra is not None:
+            self.extra.load_state_dict(payload["extra"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        restore_rng_state(payload["rng"], self.generators)
+
+
+def build_trainee(config, method: Method, num_classes: int, device: torch.device) -> Trainee:
+    student = build_model(config.model, num_classes).to(device)
+    teacher = None
+    if method.needs_teacher:
+        teacher = load_teacher(config.teacher_model, config.teacher_path, config.dataset, num_classes, device)
+    extra = method.extra_module(student, teacher)
+    params = list(student.parameters())
+    if extra is not None:
+        params += list(extra.to(device).parameters())
+    optimizer = build_optimizer(config, params)
+    for network in (student, teacher):
+        prepare_model(network, config.channels_last, config.compile)
+    return Trainee(student, teacher, extra, optimizer, run_generators(device, config.seed))

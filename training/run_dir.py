@@ -1,0 +1,122 @@
+"""A run's folder: the policy for --save_dir (never clobber a run, never leave a trace of one that
+failed to start), config.json, results.csv, the one checkpoint payload, and resume."""
+import csv
+import io
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from runtime.checkpoints import atomic_save, atomic_write_json, atomic_write_text, safe_load
+from runtime.errors import UserError
+
+from .networks import Trainee
+
+CHECKPOINT_FILES = ("last.pth", "best_PGD10_acc_model.pth", "best_clean_acc_model.pth", "results.csv")
+RESULT_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "test_clean_acc", "test_PGD10_acc",
+                 "test_variance_gap", "epoch_seconds", "images_per_second"]
+# A resume with another value of one of these would silently mix two runs.
+RUN_IDENTITY = ("method", "model", "teacher_model", "dataset", "bs", "epochs")
+
+
+def result_fields(parts: Sequence[str]) -> List[str]:
+    """results.csv's columns: the fixed ones, then the method's loss parts as train_<part>."""
+    return RESULT_FIELDS + [f"train_{part}" for part in parts]
+
+
+@dataclass
+class RunState:
+    epoch: int = 0  # completed epochs
+    best_pgd: float = -1.0
+    best_clean: float = -1.0
+    history: List[Dict] = field(default_factory=list)
+
+
+def checkpoint_payload(trainee: Trainee, row: Optional[Dict], record: Dict, resume: Optional[Dict] = None) -> Dict:
+    """Every checkpoint's payload. The authors' keys {'net', 'clean_acc', 'PGD10_acc', 'epoch'} (the
+    numbers of epoch `row`; None before the first epoch ends) are what the field's tools read;
+    'arch', 'num_classes' and 'config' say what the weights are. `resume` adds what last.pth needs."""
+    payload = {"net": trainee.student.state_dict(),
+               "clean_acc": row["test_clean_acc"] if row else None,
+               "PGD10_acc": row["test_PGD10_acc"] if row else None,
+               "epoch": row["epoch"] if row else 0,
+               "arch": record["model"], "num_classes": record["num_classes"], "config": record}
+    if trainee.extra is not None:
+        payload["extra"] = trainee.extra.state_dict()
+    payload.update(resume or {})
+    return payload
+
+
+class RunDirectory:
+    def __init__(self, path: str, fields: Sequence[str], resume: bool, overwrite: bool):
+        """Refuse to clobber a run, and find an unwritable folder before any work is done.
+        Nothing is created here: a run that fails to start leaves no trace."""
+        self.root, self.fields, self.record = path, list(fields), None
+        existing = [f for f in CHECKPOINT_FILES if os.path.exists(self.file(f))]
+        if existing and not (resume or overwrite):
+            raise UserError(f"{path} already holds a run ({', '.join(existing)}); pass --resume to "
+                            f"continue it, --overwrite to replace it, or choose another --save_dir")
+        folder = os.path.abspath(path)
+        while not os.path.exists(folder):
+            folder = os.path.dirname(folder)
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+            raise UserError(f"--save_dir {path} is not writable ({folder} is not a writable folder); "
+                            f"choose another --save_dir")
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def resume(self, trainee: Trainee, config) -> Tuple[RunState, Optional[Dict]]:
+        """Restore `trainee` from last.pth; the run's state and, after a signal, the unfinished
+        epoch's cursor. Without last.pth, a new run."""
+        last = self.file("last.pth")
+        if not os.path.exists(last):
+            print(f"--resume: no last.pth in {self.root}; starting a new run", flush=True)
+            return RunState(), None
+        # On the CPU: generator states must be CPU tensors; weights and optimiser state are copied
+        # onto their parameters' device as they load.
+        payload = safe_load(last, map_location="cpu")
+        saved = payload.get("config", {})
+        for key in RUN_IDENTITY:
+            if key in saved and saved[key] != getattr(config, key):
+                raise UserError(f"--resume: {last} was made with --{key} {saved[key]}, not {getattr(config, key)}; "
+                                f"use the original arguments or another --save_dir")
+        trainee.load(payload, last, config.model)
+        best = payload["best"]
+        state = RunState(payload["epoch"], best["PGD10_acc"], best["clean_acc"], list(payload["history"]))
+        # Rows of an epoch that finished after last.pth was written are dropped: it will run again.
+        self.write_results(state.history)
+        cursor = payload.get("in_progress")
+        where = f"in epoch {cursor['epoch']} after step {cursor['step']}" if cursor else f"after epoch {state.epoch}"
+        print(f"resumed {self.root} {where}", flush=True)
+        return state, cursor
+
+    def open(self, record: Dict, fresh: bool) -> None:
+        """Create the folder and write config.json; a fresh run (--overwrite) first removes every
+        file of the run it replaces."""
+        try:
+            os.makedirs(self.root, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create --save_dir {self.root}: {exc.strerror}") from exc
+        if fresh:
+            for name in CHECKPOINT_FILES:
+                if os.path.exists(self.file(name)):
+                    os.unlink(self.file(name))
+        self.record = record
+        atomic_write_json(self.file("config.json"), record)
+
+    def write_results(self, rows: List[Dict]) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self.fields, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.file("results.csv"), buffer.getvalue())
+
+    def save_best(self, name: str, trainee: Trainee, row: Dict) -> None:
+        atomic_save(checkpoint_payload(trainee, row, self.record), self.file(name))
+
+    def save_last(self, trainee: Trainee, state: RunState, cursor: Optional[Dict] = None) -> None:
+        """last.pth: all a resume needs. `cursor` marks a save in the middle of an epoch."""
+        resume = dict(trainee.resume_state(), best={"PGD10_acc": state.best_pgd, "clean_acc": state.best_clean},
+                      history=state.history, in_progress=cursor)
+        row = state.history[-1] if state.history else None
+        atomic_save(checkpoint_payload(trainee, row, self.record, resume), self.file("last.pth"))
