@@ -27,7 +27,7 @@ from runtime.device import configure_determinism, device_name, make_generator, r
 from runtime.errors import UserError, exit_on_user_error
 from runtime.precision import autocast_factory, compute_dtype, prepare_batch, prepare_model
 from training.config import build_parser, resolve
-from training.networks import load_teacher
+from training.networks import frozen, load_teacher
 from training.schedule import build_optimizer
 
 DEFAULTS = {"dataset": "CIFAR10", "datasets": ["CIFAR10", "CIFAR100", "Tiny_Image"],
@@ -146,7 +146,7 @@ def run_bench(cfg, config) -> Dict:
         if cfg.teacher_weights is not None:
             teacher = load_teacher(cfg.teacher_model, cfg.teacher_weights, cfg.dataset, info.num_classes, device)
         else:
-            teacher = build_model(cfg.teacher_model, info.num_classes).to(device).eval().requires_grad_(False)
+            teacher = frozen(build_model(cfg.teacher_model, info.num_classes).to(device))
     extra = method.extra_module(student, teacher)
     if extra is not None:
         extra.to(device)

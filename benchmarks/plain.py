@@ -63,16 +63,16 @@ def plain_step(method: Method, student: nn.Module, teacher: Optional[nn.Module],
         if model is not None:
             model.zero_grad(set_to_none=True)
     out = StepOutputs(y=y, epoch=epoch, extra=extra)
-    student.train()
     inputs = {"s_clean": (student, x), "s_adv": (student, x_adv), "t_clean": (teacher, x), "t_adv": (teacher, x_adv)}
-    for key in ("s_clean", "s_adv", "t_clean", "t_adv"):
-        if key not in method.forwards:
-            continue
-        model, batch = inputs[key]
-        logits = forward(model, batch, key, out, method.with_features)
-        if model is teacher:  # recorded with a graph, then cut: the teacher is a target
-            logits = logits.detach()
-            if key in out.features:
-                out.features[key] = out.features[key].detach()
-        setattr(out, key, logits)
+    with module_mode(student, True):
+        for key in ("s_clean", "s_adv", "t_clean", "t_adv"):
+            if key not in method.forwards:
+                continue
+            model, batch = inputs[key]
+            logits = forward(model, batch, key, out, method.with_features)
+            if model is teacher:  # recorded with a graph, then cut: the teacher is a target
+                logits = logits.detach()
+                if key in out.features:
+                    out.features[key] = out.features[key].detach()
+            setattr(out, key, logits)
     return method.loss(out), out

@@ -21,6 +21,7 @@ def finite_positive(value):
     return isinstance(value, float) and math.isfinite(value) and value > 0
 
 
+@pytest.mark.slow  # a subprocess
 def test_bench_json_on_cpu(tmp_path):
     out = tmp_path / "bench.json"
     result = run_script("bench.py", *TINY, "--json", str(out))
@@ -48,6 +49,7 @@ def test_bench_json_on_cpu(tmp_path):
     assert "ours/plain" in result.stdout and "wrote" in result.stdout
 
 
+@pytest.mark.slow  # a subprocess
 def test_bench_method_without_teacher_and_bf16_without_plain(tmp_path):
     out = tmp_path / "b.json"
     result = run_script("bench.py", *TINY, "--method", "PGDAT", "--precision", "bf16", "--no_plain",

@@ -229,6 +229,7 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(real_data_dir, tmp_pat
     assert foreign.read_text() == "[1, 2]"
 
 
+@pytest.mark.slow  # a subprocess
 def test_entry_scripts_exit_2_on_bad_input_without_a_traceback(tmp_path, checkpoint):
     for script in ("main_eval.py", "main_eval_tinyimagenet.py"):
         result = run_script(script, "--model", MODEL, "--model_path", checkpoint, "--attacks", "bogus")

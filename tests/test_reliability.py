@@ -260,6 +260,7 @@ def test_bad_inputs(tmp_path, real_data_dir, teacher, capsys):
         assert not save_dir.exists(), name
 
 
+@pytest.mark.slow  # a subprocess
 def test_incomplete_tiny_imagenet_layout(tmp_path):
     (tmp_path / "tiny-imagenet-200").mkdir()
     (tmp_path / "tiny-imagenet-200" / "wnids.txt").write_text("n01443537\n")

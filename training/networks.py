@@ -35,13 +35,18 @@ def require_teacher_file(config) -> None:
         raise UserError(teacher_missing_message(config.teacher_model, config.teacher_path, config.dataset))
 
 
+def frozen(teacher: nn.Module) -> nn.Module:
+    """A teacher is a target only: eval() for good, and no parameter ever asks for a gradient."""
+    return teacher.eval().requires_grad_(False)
+
+
 def load_teacher(teacher_model: str, teacher_path: str, dataset: str, num_classes: int, device) -> nn.Module:
-    """The teacher with its checkpoint's weights: on `device`, eval(), frozen."""
+    """The teacher with its checkpoint's weights, on `device`, frozen."""
     if not os.path.isfile(teacher_path):
         raise UserError(teacher_missing_message(teacher_model, teacher_path, dataset))
     teacher = build_model(teacher_model, num_classes)
     load_weights(teacher, teacher_path, name=f"teacher {teacher_model}", path=teacher_path)
-    return teacher.to(device).eval().requires_grad_(False)
+    return frozen(teacher.to(device))
 
 
 def run_generators(device: torch.device, seed: int) -> Dict[str, torch.Generator]:
