@@ -5,6 +5,8 @@ from evaluation.cli import main
 
 DEFAULTS = {"dataset": "CIFAR10", "datasets": ["CIFAR10", "CIFAR100"]}
 
+DESCRIPTION = ("Robustness evaluation on CIFAR-10/100 under the DGAD/AdaAD ('paper') or the "
+               "ARD/IAD/RSLAD ('standard') protocol.")
+
 if __name__ == "__main__":
-    sys.exit(main(DEFAULTS, "Robustness evaluation on CIFAR-10/100 under the DGAD/AdaAD ('paper') or the "
-                           "ARD/IAD/RSLAD ('standard') protocol."))
+    sys.exit(main(DEFAULTS, DESCRIPTION))

@@ -5,6 +5,8 @@ from evaluation.cli import main
 
 DEFAULTS = {"dataset": "Tiny_Image", "datasets": ["Tiny_Image"]}
 
+DESCRIPTION = ("Robustness evaluation on Tiny ImageNet (validation set) under the DGAD/AdaAD "
+               "('paper') or the ARD/IAD/RSLAD ('standard') protocol.")
+
 if __name__ == "__main__":
-    sys.exit(main(DEFAULTS, "Robustness evaluation on Tiny ImageNet (validation set) under the DGAD/AdaAD "
-                           "('paper') or the ARD/IAD/RSLAD ('standard') protocol."))
+    sys.exit(main(DEFAULTS, DESCRIPTION))

@@ -2,7 +2,7 @@
 model or optimiser inside. Depends on torch only: copy this folder into another project as it is.
 Each method has a `*_terms` function (the total under 'loss' and its named parts) and a `*_loss`
 function (the total)."""
-from .adversarial_training import cross_entropy_loss, trades_loss, trades_terms
+from .adversarial_training import cross_entropy_loss, cross_entropy_terms, trades_loss, trades_terms
 from .common import kl_batchmean, kl_mean_entries, kl_rows, swap_columns
 from .dgad import dgad_loss, dgad_terms
 from .distillation import (KL_REDUCTIONS, adaad_loss, adaad_terms, ard_loss, ard_terms, iad_loss, iad_terms, kl_reduced,
@@ -10,7 +10,7 @@ from .distillation import (KL_REDUCTIONS, adaad_loss, adaad_terms, ard_loss, ard
 from .vargap import batch_covariance, covariance_alignment, gram_alignment, variance_gap_alignment, variance_gap_terms
 
 __all__ = ["KL_REDUCTIONS", "adaad_loss", "adaad_terms", "ard_loss", "ard_terms", "batch_covariance",
-           "covariance_alignment", "cross_entropy_loss", "dgad_loss", "dgad_terms", "gram_alignment", "iad_loss",
-           "iad_terms", "kl_batchmean", "kl_mean_entries", "kl_reduced", "kl_rows", "rslad_loss", "rslad_terms",
-           "swap_columns", "teacher_trust", "trades_loss", "trades_terms", "variance_gap_alignment",
-           "variance_gap_terms"]
+           "covariance_alignment", "cross_entropy_loss", "cross_entropy_terms", "dgad_loss", "dgad_terms",
+           "gram_alignment", "iad_loss", "iad_terms", "kl_batchmean", "kl_mean_entries", "kl_reduced", "kl_rows",
+           "rslad_loss", "rslad_terms", "swap_columns", "teacher_trust", "trades_loss", "trades_terms",
+           "variance_gap_alignment", "variance_gap_terms"]

@@ -13,6 +13,12 @@ def cross_entropy_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y)
 
 
+def cross_entropy_terms(logits: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """The mean cross-entropy as the total and as its one part, 'ce'."""
+    ce = cross_entropy_loss(logits, y)
+    return {"loss": ce, "ce": ce}
+
+
 def trades_terms(s_clean: torch.Tensor, s_adv: torch.Tensor, y: torch.Tensor, beta: float) -> Dict[str, torch.Tensor]:
     """CE(S(x), y) + beta * (1/N) sum_i KL(softmax(S(x_i)) || softmax(S(x'_i))), with 'ce' and 'kl'.
 

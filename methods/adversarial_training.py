@@ -1,7 +1,7 @@
 """The methods that need no teacher, and so make teachers: Natural, PGD-AT (Madry) and TRADES
 (docs/methods.md sections 3.1-3.3)."""
 from attacks import ce_sum, kl_sum
-from losses import cross_entropy_loss, trades_terms
+from losses import cross_entropy_terms, trades_terms
 
 from .base import AttackSpec, Method, Option
 
@@ -14,8 +14,7 @@ class Natural(Method):
     parts = ("ce",)
 
     def loss(self, out):
-        ce = cross_entropy_loss(out.s_clean, out.y)
-        return {"loss": ce, "ce": ce}
+        return cross_entropy_terms(out.s_clean, out.y)
 
 
 class PGDAT(Method):
@@ -27,8 +26,7 @@ class PGDAT(Method):
     parts = ("ce",)
 
     def loss(self, out):
-        ce = cross_entropy_loss(out.s_adv, out.y)
-        return {"loss": ce, "ce": ce}
+        return cross_entropy_terms(out.s_adv, out.y)
 
 
 class TRADES(Method):

@@ -19,7 +19,7 @@ def checkpoint(real_data_dir, tmp_path_factory):
 
 def evaluate(checkpoint, data_dir, out, *args):
     eval_cli.main(CIFAR, "test", ["--model", "wideresnet10_1", "--model_path", checkpoint, "--data_dir", data_dir,
-                                 "--out", str(out), *args])
+                                  "--out", str(out), *args])
     with open(out) as f:
         return json.load(f)
 

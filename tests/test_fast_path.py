@@ -1,6 +1,5 @@
 """The fast training step against the plain reference, bf16 and channels_last steps, and the
 benchmark's FLOP counting and phase attribution. Nothing here is timed."""
-import copy
 
 import pytest
 import torch

@@ -6,7 +6,6 @@ import types
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional
 
-from data import DATASETS
 from methods import all_options, get_method, method_names
 from models import is_known_model, model_names
 from runtime.errors import UserError, warn

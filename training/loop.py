@@ -214,4 +214,3 @@ def evaluate(student: nn.Module, split: Split, batch_size: int, attack: Callable
                                  channels_last=channels_last)
         return clean, robust, adv_moments.trace_cov() - clean_moments.trace_cov()
     return halving_on_oom(measure, batch_size)
-
