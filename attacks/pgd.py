@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 InnerLoss = Callable[[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]], torch.Tensor]
 Target = Union[None, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
-INITS = ("gauss", "uniform", "none")
+INITS = ("gauss", "gauss_clamped", "uniform", "uniform_unclamped", "none")
 
 
 @contextlib.contextmanager
@@ -34,13 +34,16 @@ def module_mode(module: nn.Module, train: bool):
 
 
 def init_delta(x: torch.Tensor, eps: float, init: str, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """The starting point of the attack: `gauss` x + 0.001 N(0,I) (not clamped), `uniform`
-    x + U(-eps, eps) clamped to [0,1], `none` x itself."""
-    if init == "gauss":
-        return x + 0.001 * torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
-    if init == "uniform":
-        noise = torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator) * (2 * eps) - eps
-        return (x + noise).clamp_(0.0, 1.0)
+    """The starting point of the attack (docs/methods.md section 1.4): `gauss` x + 0.001 N(0,I),
+    `uniform` x + U(-eps, eps) clamped to [0,1], each also in the other clamping as the released
+    code of some method has it (`gauss_clamped`: PGD-AT; `uniform_unclamped`: ARD, IAD), and
+    `none` x itself. An unclamped start is clamped by the first step."""
+    if init in ("gauss", "gauss_clamped"):
+        start = x + 0.001 * torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+        return start.clamp_(0.0, 1.0) if init == "gauss_clamped" else start
+    if init in ("uniform", "uniform_unclamped"):
+        start = x + (torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator) * (2 * eps) - eps)
+        return start.clamp_(0.0, 1.0) if init == "uniform" else start
     if init == "none":
         return x.clone()
     raise ValueError(f"unknown attack init {init!r}; choose from {INITS}")
@@ -67,7 +70,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor], *, eps: fl
     x = x.detach()
     x_adv = init_delta(x, eps, init, generator).detach()
     if steps <= 0:
-        return x_adv.clamp(0.0, 1.0) if init == "gauss" else x_adv
+        return x_adv.clamp(0.0, 1.0)
     autocast = autocast or contextlib.nullcontext
     target_mode = module_mode(target, False) if isinstance(target, nn.Module) else contextlib.nullcontext()
     with module_mode(model, train_mode), target_mode, torch.enable_grad():

@@ -65,9 +65,7 @@ def plain_step(method: Method, student: nn.Module, teacher: Optional[nn.Module],
     out = StepOutputs(y=y, epoch=epoch, extra=extra)
     inputs = {"s_clean": (student, x), "s_adv": (student, x_adv), "t_clean": (teacher, x), "t_adv": (teacher, x_adv)}
     with module_mode(student, True):
-        for key in ("s_clean", "s_adv", "t_clean", "t_adv"):
-            if key not in method.forwards:
-                continue
+        for key in method.forward_sequence(epoch):
             model, batch = inputs[key]
             logits = forward(model, batch, key, out, method.with_features)
             if model is teacher:  # recorded with a graph, then cut: the teacher is a target

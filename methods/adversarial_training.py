@@ -17,13 +17,26 @@ class Natural(Method):
         return cross_entropy_terms(out.s_clean, out.y)
 
 
+PGDAT_STARTS = {"gauss": "gauss_clamped", "uniform": "uniform"}
+
+
 class PGDAT(Method):
     name = "PGDAT"
-    summary = "Madry PGD adversarial training: cross-entropy on PGD examples (uniform start, student in eval)"
+    summary = ("Madry PGD adversarial training: cross-entropy on PGD examples (student in eval during the attack; "
+               "start x + 0.001 N(0, I) clamped, as the released PGD-AT baseline)")
     paper = "Towards Deep Learning Models Resistant to Adversarial Attacks (Madry et al., ICLR 2018)"
-    attack = AttackSpec(inner_loss=ce_sum, init="uniform", train_mode=False)
-    forwards = ("s_adv",)
+    attack = AttackSpec(inner_loss=ce_sum, init="gauss_clamped", train_mode=False)
+    # S(x) only feeds the released code's logged accuracy, but its train() pass moves BatchNorm.
+    forwards = ("s_adv", "s_clean")
+    options = {"pgdat_start": Option("gauss", choices=tuple(PGDAT_STARTS),
+                                     help="the attack's start: 'gauss' x + 0.001 N(0, I) clamped to [0,1] (the "
+                                          "released PGD-AT baseline of the AdaAD/DGAD code), 'uniform' "
+                                          "x + U(-eps, eps) (Madry et al.)")}
     parts = ("ce",)
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.attack = AttackSpec(inner_loss=ce_sum, init=PGDAT_STARTS[config.options["pgdat_start"]])
 
     def loss(self, out):
         return cross_entropy_terms(out.s_adv, out.y)
@@ -35,7 +48,8 @@ class TRADES(Method):
                "maximises that KL against the student's clean output (gauss start, eval)")
     paper = ("Theoretically Principled Trade-off between Robustness and Accuracy (Zhang et al., ICML 2019)")
     attack = AttackSpec(inner_loss=kl_sum, init="gauss", train_mode=False, target="student_clean")
-    forwards = ("s_clean", "s_adv")
+    # CE on S(x), then the KL from a second S(x) pass to S(x'), evaluated S(x') first: S(x), S(x'), S(x).
+    forwards = ("s_clean", "s_adv", "s_clean")
     options = {"trades_beta": Option(6.0, type=float, help="TRADES beta: weight of the robustness KL term")}
     parts = ("ce", "kl")
 

@@ -82,6 +82,9 @@ class Method:
     paper: str = ""
     needs_teacher: bool = False
     attack: Optional[AttackSpec] = None
+    # The forward passes after the attack, in the order the released code runs them (each train()
+    # pass of the student moves its BatchNorm statistics, so the order and the repeats are part of
+    # the method). A key given twice runs twice; the loss reads the last.
     forwards: Tuple[str, ...] = ("s_adv",)
     with_features: bool = False
     # Method-specific command-line options this method reads. Options of other methods are
@@ -91,6 +94,10 @@ class Method:
 
     def __init__(self, config):
         self.budget = Budget(config.epsilon / 255, config.step_size / 255, config.num_steps)
+
+    def forward_sequence(self, epoch: int) -> Tuple[str, ...]:
+        """The forward passes of this epoch's steps (IAD adds one after its warm-up)."""
+        return self.forwards
 
     @classmethod
     def options_for(cls, args) -> Dict[str, Option]:
@@ -139,30 +146,29 @@ def training_step(method: Method, student: nn.Module, teacher: Optional[nn.Modul
                   ) -> Tuple[Dict[str, torch.Tensor], StepOutputs]:
     """Attack (if the method has one), then the forward passes the loss needs, then the loss.
 
-    The student's forward passes on x and x' are separate train() calls; the teacher is
-    frozen and runs without grad outside the attack. T(x) is computed at most once
-    (docs/methods.md section 1.5). `generator` draws the attack's random start."""
+    The student's forward passes run in train() mode, in the method's order (docs/methods.md
+    section 1.5); the teacher is frozen and runs without grad outside the attack. T(x) is computed
+    at most once. `generator` draws the attack's random start."""
     autocast = autocast or contextlib.nullcontext
     out = StepOutputs(y=y, epoch=epoch, extra=extra)
-    needs, features = set(method.forwards), method.with_features
+    sequence, features = method.forward_sequence(epoch), method.with_features
     x_adv = x
     if method.attack is not None:
         spec = method.attack
-        if "t_clean" in needs or spec.target == "teacher_clean":
+        if "t_clean" in sequence or spec.target == "teacher_clean":
             with torch.no_grad(), autocast():
                 out.t_clean = forward(teacher, x, "t_clean", out, features)
         budget = method.budget
         x_adv = pgd(student, x, y, eps=budget.eps, step_size=budget.step_size, steps=budget.steps,
                     loss_fn=spec.inner_loss, init=spec.init, train_mode=spec.train_mode, generator=generator,
                     target=attack_target(spec, student, teacher, x, out.t_clean, autocast), autocast=autocast)
+    inputs = {"s_clean": (student, x), "s_adv": (student, x_adv), "t_clean": (teacher, x), "t_adv": (teacher, x_adv)}
     with module_mode(student, True), autocast():
-        if "s_clean" in needs:
-            out.s_clean = forward(student, x, "s_clean", out, features)
-        if "s_adv" in needs:
-            out.s_adv = forward(student, x_adv, "s_adv", out, features)
-        with torch.no_grad():
-            if "t_clean" in needs and out.t_clean is None:
-                out.t_clean = forward(teacher, x, "t_clean", out, features)
-            if "t_adv" in needs:
-                out.t_adv = forward(teacher, x_adv, "t_adv", out, features)
+        for key in sequence:
+            model, batch = inputs[key]
+            if model is student:
+                setattr(out, key, forward(student, batch, key, out, features))
+            elif getattr(out, key) is None:
+                with torch.no_grad():
+                    setattr(out, key, forward(teacher, batch, key, out, features))
     return method.loss(out), out

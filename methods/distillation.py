@@ -17,8 +17,9 @@ TEMPERATURE_HELP = "softmax temperature tau of the teacher-to-student KL, which 
 ALPHA_HELP = ("alpha: weight of the distillation terms; 1 - alpha weighs CE(S(x), y) on clean inputs "
               "(alpha = 1: no cross-entropy)")
 # ARD and IAD attack alike: PGD on the student's cross-entropy, student in train() mode, so the
-# attack's forward passes update its BatchNorm running statistics (as the authors' code does).
-CE_TRAIN_MODE_ATTACK = AttackSpec(inner_loss=ce_sum, init="uniform", train_mode=True)
+# attack's forward passes update its BatchNorm running statistics, from x + U(-eps, eps) not
+# clamped to [0,1] before the first step (as the authors' code does).
+CE_TRAIN_MODE_ATTACK = AttackSpec(inner_loss=ce_sum, init="uniform_unclamped", train_mode=True)
 
 
 def entries_unless_batchmean(options) -> str:
@@ -32,9 +33,9 @@ class ARD(Method):
     paper = "Adversarially Robust Distillation (Goldblum et al., AAAI 2020)"
     needs_teacher = True
     attack = CE_TRAIN_MODE_ATTACK
-    # S(x) is always computed, as in the authors' code: its train() pass moves the BatchNorm
-    # statistics even when alpha = 1 leaves it out of the loss.
-    forwards = ("s_clean", "s_adv", "t_clean")
+    # S(x') then S(x), as in the authors' code: the S(x) pass moves the BatchNorm statistics even
+    # when alpha = 1 leaves it out of the loss.
+    forwards = ("s_adv", "t_clean", "s_clean")
     options = {"temp": Option(30.0, type=float, help=TEMPERATURE_HELP),
                "ARD_alpha": Option(1.0, type=float, help=ALPHA_HELP),
                "kl_reduction": KL_REDUCTION}
@@ -63,7 +64,10 @@ class IAD(Method):
     paper = "Reliable Adversarial Distillation with Unreliable Teachers (Zhu et al., ICLR 2022)"
     needs_teacher = True
     attack = CE_TRAIN_MODE_ATTACK
-    forwards = ("s_clean", "s_adv", "t_clean", "t_adv")
+    # The released IAD-I code: T(x), the attack, S(x'), an unused S(x') (both train() passes move
+    # BatchNorm), T(x'), then after the warm-up S(x) as the introspection target, and an S(x) for
+    # the (1 - alpha) CE term, computed even at alpha = 1.
+    forwards = ("t_clean", "s_adv", "s_adv", "t_adv", "s_clean")
     options = {"temp": Option(1.0, type=float, help=TEMPERATURE_HELP),
                "ARD_alpha": Option(1.0, type=float, help=ALPHA_HELP),
                "IAD_begin": Option(60, type=int,
@@ -79,6 +83,9 @@ class IAD(Method):
         o = config.options
         self.alpha, self.temperature, self.beta, self.begin = o["ARD_alpha"], o["temp"], o["IAD_beta"], o["IAD_begin"]
 
+    def forward_sequence(self, epoch):
+        return self.forwards + ("s_clean",) if introspection_on(epoch, self.begin) else self.forwards
+
     def loss(self, out):
         return iad_terms(out.s_clean, out.s_adv, out.t_clean, out.t_adv, out.y, alpha=self.alpha,
                          temperature=self.temperature, beta=self.beta,
@@ -93,7 +100,7 @@ class RSLAD(Method):
              "(Zi et al., ICCV 2021)")
     needs_teacher = True
     attack = AttackSpec(inner_loss=kl_sum, init="gauss", train_mode=False, target="teacher_clean")
-    forwards = ("s_clean", "s_adv", "t_clean")
+    forwards = ("s_adv", "s_clean", "t_clean")
     options = {"kl_reduction": KL_REDUCTION}
     parts = ("kl_adv", "kl_clean")
 

@@ -52,9 +52,17 @@ class VarGap(Method):
         o = config.options
         self.base = BASES[o["vg_base"]](config)
         self.attack = self.base.attack
-        self.forwards = tuple(dict.fromkeys(self.base.forwards + FORWARDS))
+        self.forwards = self.with_every_pass(self.base.forwards)
         self.parts = self.base.parts + ("cov", "gram")
         self.cov_weight, self.gram_weight = o["vg_cov"], o["vg_gram"]
+
+    @staticmethod
+    def with_every_pass(sequence):
+        """The base's passes in its order, then any it lacks: the alignment reads all four."""
+        return tuple(sequence) + tuple(key for key in FORWARDS if key not in sequence)
+
+    def forward_sequence(self, epoch):
+        return self.with_every_pass(self.base.forward_sequence(epoch))
 
     @classmethod
     def options_for(cls, args):

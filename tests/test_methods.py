@@ -357,11 +357,11 @@ def test_every_method_is_registered():
 
 # -- the inner maximisation of each method (docs/methods.md sections 3 and 6.1) -------------------
 
-ATTACKS = {  # inner loss, init, student BatchNorm in train() during the attack, target
-    "PGDAT": (ce_sum, "uniform", False, "labels"),
+ATTACKS = {  # inner loss, start, student BatchNorm in train() during the attack, target
+    "PGDAT": (ce_sum, "gauss_clamped", False, "labels"),
     "TRADES": (kl_sum, "gauss", False, "student_clean"),
-    "ARD": (ce_sum, "uniform", True, "labels"),
-    "IAD": (ce_sum, "uniform", True, "labels"),
+    "ARD": (ce_sum, "uniform_unclamped", True, "labels"),
+    "IAD": (ce_sum, "uniform_unclamped", True, "labels"),
     "RSLAD": (kl_sum, "gauss", False, "teacher_clean"),
     "AdaAD": (kl_sum, "gauss", False, "teacher"),
     "DGAD": (kl_sum, "gauss", False, "teacher"),
@@ -402,7 +402,7 @@ def test_batchnorm_statistics_move_only_in_train_mode_attacks(name):
     extra = method.extra_module(student, teacher)
     x, y = batch()
     terms, _ = training_step(method, student, teacher if method.needs_teacher else None, x, y, epoch=1, extra=extra)
-    student_forwards = len({"s_clean", "s_adv"} & set(method.forwards))
+    student_forwards = sum(key.startswith("s_") for key in method.forward_sequence(1))
     attack_updates = steps if method.attack is not None and method.attack.train_mode else 0
     assert student.bn.num_batches_tracked.item() == attack_updates + student_forwards
     assert teacher.bn.num_batches_tracked.item() == 0 and not teacher.training
@@ -455,6 +455,83 @@ def test_attack_target(name, monkeypatch):
     else:
         expected = teacher(x) if spec[3] == "teacher_clean" else student_eval
         assert torch.allclose(seen["target"], expected)
+
+
+def test_pgdat_offers_madrys_uniform_start():
+    assert configure(config("PGDAT", "--pgdat_start", "uniform")).attack.init == "uniform"
+    assert configure(config("PGDAT")).attack.init == "gauss_clamped"
+
+
+# Student passes as (mode, input) after the attack's K = 2 steps, from the released training code
+# (docs/methods.md section 3): "x" the clean batch, "adv" the adversarial one.
+K = 2
+SEQUENCES = {
+    "Natural": [("train", "x")],
+    "PGDAT": [("eval", "adv")] * K + [("train", "adv"), ("train", "x")],
+    "TRADES": [("eval", "x")] + [("eval", "adv")] * K + [("train", "x"), ("train", "adv"), ("train", "x")],
+    "ARD": [("train", "adv")] * K + [("train", "adv"), ("train", "x")],
+    "IAD": [("train", "adv")] * K + [("train", "adv"), ("train", "adv"), ("train", "x")],
+    "RSLAD": [("eval", "adv")] * K + [("train", "adv"), ("train", "x")],
+    "AdaAD": [("eval", "adv")] * K + [("train", "x"), ("train", "adv")],
+    "DGAD": [("eval", "adv")] * K + [("train", "x"), ("train", "adv")],
+}
+
+
+def recorded_passes(name, epoch=1, *flags):
+    """Run one step of `name` and record each student forward's mode and input."""
+    method = configure(config(name, "--num_steps", str(K), *flags))
+    student, teacher = tiny_pair()
+    x, y = batch()
+    seen = []
+
+    def hook(module, args):
+        kind = "x" if torch.equal(args[0], x) else "adv"
+        seen.append(("train" if module.training else "eval", kind))
+    handle = student.register_forward_pre_hook(hook)
+    training_step(method, student, teacher if method.needs_teacher else None, x, y, epoch=epoch,
+                  extra=method.extra_module(student, teacher), generator=torch.Generator().manual_seed(0))
+    handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("name", sorted(SEQUENCES))
+def test_each_method_runs_the_released_codes_forward_sequence(name):
+    assert recorded_passes(name) == SEQUENCES[name]
+
+
+def test_iad_adds_the_introspection_target_pass_after_its_warm_up():
+    assert recorded_passes("IAD", 61) == SEQUENCES["IAD"] + [("train", "x")]
+    assert recorded_passes("IAD", 60) == SEQUENCES["IAD"]
+
+
+def test_vargap_runs_its_bases_sequence_then_the_passes_it_lacks():
+    method = configure(config("VarGap", "--vg_base", "TRADES"))
+    assert method.forward_sequence(1) == ("s_clean", "s_adv", "s_clean", "t_clean", "t_adv")
+
+
+@pytest.mark.parametrize("init, clamped", [("gauss", False), ("gauss_clamped", True), ("uniform", True),
+                                           ("uniform_unclamped", False)])
+def test_attack_starts_clamped_or_not(init, clamped):
+    """On an all-black and an all-white image, a start left unclamped leaves [0,1] in about half the
+    pixels; a clamped one never does. The uniform noise spans eps, the Gaussian one 0.001 sigma."""
+    from attacks import init_delta
+    eps = 8 / 255
+    x = torch.cat([torch.zeros(1, 3, 16, 16), torch.ones(1, 3, 16, 16)])
+    start = init_delta(x, eps, init, torch.Generator().manual_seed(0))
+    outside = ((start < 0) | (start > 1)).float().mean().item()
+    assert outside == 0.0 if clamped else 0.4 < outside < 0.6
+    spread = (start - x).abs().max().item()
+    assert spread <= (eps if init.startswith("uniform") else 0.01) + 1e-7
+
+
+def test_mobilenet_authors_expression_only_with_pcr_on_cifar():
+    authors = ("--mbv2_loss", "authors")
+    assert configure(train_config("DGAD", *authors, model="mobilenetV2")).formula == "authors"
+    assert configure(train_config("DGAD", *authors, "--alp", "off", model="mobilenetV2")).formula == "fixed"
+    tiny = dataclasses.replace(train_config("DGAD", *authors, model="mobilenetV2"), dataset="Tiny_Image")
+    assert configure(tiny).formula == "fixed"
+    assert configure(train_config("DGAD", *authors)).formula == "fixed"  # resnet18: no such case
+    assert configure(train_config("DGAD", model="mobilenetV2")).formula == "fixed"  # the default
 
 
 # -- the methods table ----------------------------------------------------------------------------
