@@ -7,7 +7,8 @@ For each path it reports images/s, ms per step split into data / attack / teache
 FLOPs per image counted by torch's flop counter on one real step, achieved TFLOP/s and the
 fraction of this device's peak (a large matmul timed in the same run, at the same precision),
 peak memory (CUDA), and seconds per epoch extrapolated from the steady-state steps. The plain
-path (benchmarks/plain.py) is the unoptimised fp32 loop the speed-up is measured against.
+path (benchmarks/plain.py) is the step as the methods' released loops run it: fp32, input-only
+attack gradients, their host syncs and host-side augmentation in a DataLoader.
 """
 import os
 import sys
@@ -43,6 +44,9 @@ def parse_args(argv=None):
     g.add_argument("--warmup", type=int, default=3, help="untimed steps per path first (compilation, autotuning)")
     g.add_argument("--json", default=None, help="write every figure to this JSON file")
     g.add_argument("--no_plain", action="store_true", help="time only our path")
+    g.add_argument("--plain_workers", type=int, default=2,
+                   help="DataLoader worker processes of the plain path's host-side augmentation (the released "
+                        "loops use 2 to 4)")
     parser.set_defaults(data_dir=None)
     parser._option_string_actions["--data_dir"].help = (
         "take batches from this dataset folder's training split (default: synthetic batches of the "
@@ -56,8 +60,8 @@ def validate(cfg) -> None:
     for flag in ("steps", "bs"):
         if getattr(cfg, flag) < 1:
             raise UserError(f"--{flag} must be >= 1, got {getattr(cfg, flag)}")
-    if cfg.warmup < 0:
-        raise UserError(f"--warmup must be >= 0, got {cfg.warmup}")
+    if cfg.warmup < 0 or cfg.plain_workers < 0:
+        raise UserError(f"--warmup and --plain_workers must be >= 0, got {cfg.warmup}, {cfg.plain_workers}")
     if cfg.json is not None:
         folder = os.path.dirname(os.path.abspath(cfg.json))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
@@ -191,8 +195,7 @@ def run_bench(cfg, config) -> Dict:
     results["ours"].update(precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile)
 
     if not cfg.no_plain:
-        host_generator = torch.Generator().manual_seed(cfg.seed)
-        plain_batches = endless(lambda: host_batches(host, cfg.bs, host_generator, device))
+        plain_batches = host_batches(host, cfg.bs, device, workers=cfg.plain_workers, seed=cfg.seed)
         print(f"timing plain: {cfg.warmup} warm-up + {cfg.steps} steps ...", file=sys.stderr, flush=True)
         results["plain"] = time_path("plain", plain, plain_batches, (plain_student, plain_teacher), cfg, device, clock)
         x, y = next(plain_batches)
@@ -208,7 +211,7 @@ def run_bench(cfg, config) -> Dict:
                    "dataset": cfg.dataset, "data": cfg.data_dir or "synthetic", "bs": cfg.bs,
                    "num_steps": cfg.num_steps, "epsilon": cfg.epsilon, "step_size": cfg.step_size,
                    "precision": cfg.precision, "channels_last": cfg.channels_last, "compile": cfg.compile,
-                   "steps": cfg.steps, "warmup": cfg.warmup, "seed": cfg.seed},
+                   "steps": cfg.steps, "warmup": cfg.warmup, "seed": cfg.seed, "plain_workers": cfg.plain_workers},
         "peak_tflops": peaks,
         "paths": results,
     }

@@ -1,26 +1,33 @@
-"""The reference ("plain") training step that bench.py times beside ours. Nothing trains with it.
+"""The reference ("plain") training step that bench.py times beside ours: the step as the
+released training loops run it. Nothing trains with it.
 
-It computes the same adversarial examples and loss as `methods.training_step` in fp32, the way
-an unoptimised adversarial-distillation loop (the shape of the authors' released code) does:
-- fp32 only, NCHW, no compilation;
-- every student and teacher parameter requires grad, and each attack step takes its input
-  gradient with `loss.backward()`, so both networks' weight gradients are computed (and thrown
-  away) at every step;
-- the teacher is not frozen: its forward passes in the update record autograd graphs, and T(x)
-  is computed again in the update even when the attack already used it;
-- augmentation runs on the host and each batch is then copied to the device.
-It has its own attack loop only because `pgd` deliberately cannot take the gradient this way; the
-initialisation and the projected step are the shared ones, so both paths agree exactly in fp32.
+What those loops do, and this step does too (docs/methods.md section 3 names each method's code):
+- fp32, NCHW, no compilation; the teacher's parameters still ask for gradients (only the
+  ARD/IAD code turns them off), but its forwards outside the attack run without grad;
+- the attack takes input gradients only, with `torch.autograd.grad`, as all six loops do; a
+  method whose attack reads a fixed target recomputes it at every step, as the released TRADES
+  (S(x) in eval mode) and RSLAD (T(x)) attacks do, and T(x) is computed again for the loss;
+- the forward passes after the attack are the method's released sequence, the same as ours;
+- one host sync per step at least: the progress bars read the batch's correct count; DGAD also
+  reads n_ST with `.item()` before it weights its terms;
+- augmentation on the host, per image, in a DataLoader (random crop with 4 px of zero padding and
+  a horizontal flip, as torchvision's transforms do), each batch then copied to the device.
+It computes the same adversarial examples and loss as `methods.training_step` in fp32
+(tests/test_fast_path.py), so a ratio of the two measures speed alone.
 """
+import contextlib
 import copy
 from typing import Iterator, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from attacks import init_delta, module_mode, pgd_step
-from data import Split, TrainBatches
-from methods import Method, StepOutputs, attack_target, forward
+from data import Split, to_float
+from methods import Method, StepOutputs, forward
+
+PADDING = 4
 
 
 def plain_models(student: nn.Module, teacher: Optional[nn.Module]) -> Tuple[nn.Module, Optional[nn.Module]]:
@@ -31,46 +38,81 @@ def plain_models(student: nn.Module, teacher: Optional[nn.Module]) -> Tuple[nn.M
     return plain_copy(student), (plain_copy(teacher).eval() if teacher is not None else None)
 
 
-def host_batches(split: Split, batch_size: int, generator: torch.Generator, device) -> Iterator:
-    """Batches augmented on the host from a host-resident split, then copied to `device`."""
-    for x, y in TrainBatches(split, batch_size, generator):
-        yield x.to(device), y.to(device)
+class HostAugmented(torch.utils.data.Dataset):
+    """One training image at a time on the host: zero-padded random crop, random flip, to [0,1]."""
+
+    def __init__(self, split: Split):
+        self.images, self.labels = split.images.cpu(), split.labels.cpu()
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        image = F.pad(self.images[i], (PADDING,) * 4)
+        size = self.images.shape[-1]
+        top, left = torch.randint(0, 2 * PADDING + 1, (2,)).tolist()
+        image = image[:, top:top + size, left:left + size]
+        if torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        return to_float(image), self.labels[i]
+
+
+def host_batches(split: Split, batch_size: int, device, workers: int = 2, seed: int = 0) -> Iterator:
+    """Shuffled batches from a host DataLoader with `workers` processes, copied to `device`."""
+    loader = torch.utils.data.DataLoader(
+        HostAugmented(split), batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
+        pin_memory=torch.device(device).type == "cuda", generator=torch.Generator().manual_seed(seed),
+        persistent_workers=workers > 0)
+    while True:
+        for x, y in loader:
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def plain_target(spec, student: nn.Module, teacher: Optional[nn.Module], x: torch.Tensor, x_adv: torch.Tensor):
+    """The attack's reference at this step, recomputed as the released attacks do."""
+    if spec.target == "labels":
+        return None
+    if spec.target == "teacher":
+        return teacher(x_adv)
+    if spec.target == "teacher_clean":
+        return teacher(x)
+    with module_mode(student, False):  # student_clean: TRADES's attack runs the model on x every step
+        return student(x)
 
 
 def plain_attack(method: Method, student: nn.Module, teacher: Optional[nn.Module], x: torch.Tensor,
                  y: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """The method's attack with the gradient from `loss.backward()` (parameter grads included)."""
     spec, budget = method.attack, method.budget
     x = x.detach()
-    target = attack_target(spec, student, teacher, x, t_clean=None)
     x_adv = init_delta(x, budget.eps, spec.init, generator).detach()
-    with module_mode(student, spec.train_mode):
+    teacher_mode = module_mode(teacher, False) if teacher is not None else contextlib.nullcontext()
+    with module_mode(student, spec.train_mode), teacher_mode:
         for _ in range(budget.steps):
             x_adv.requires_grad_(True)
-            logits = student(x_adv)
-            reference = target(x_adv) if callable(target) else target
-            spec.inner_loss(logits, y, reference).backward()
-            x_adv = pgd_step(x_adv.detach(), x_adv.grad, x, budget.eps, budget.step_size)
+            with torch.enable_grad():
+                loss = spec.inner_loss(student(x_adv), y, plain_target(spec, student, teacher, x, x_adv))
+            (grad,) = torch.autograd.grad(loss, [x_adv])
+            x_adv = pgd_step(x_adv.detach(), grad, x, budget.eps, budget.step_size)
     return x_adv.detach()
 
 
 def plain_step(method: Method, student: nn.Module, teacher: Optional[nn.Module], x: torch.Tensor,
                y: torch.Tensor, epoch: int, generator: Optional[torch.Generator] = None,
                extra: Optional[nn.Module] = None):
-    """(loss terms, StepOutputs) as `training_step` returns them, computed the plain way."""
+    """(loss terms, StepOutputs) as `training_step` returns them, computed the released loops' way."""
     x_adv = plain_attack(method, student, teacher, x, y, generator) if method.attack is not None else x
-    for model in (student, teacher):  # the attack left weight gradients behind
-        if model is not None:
-            model.zero_grad(set_to_none=True)
     out = StepOutputs(y=y, epoch=epoch, extra=extra)
     inputs = {"s_clean": (student, x), "s_adv": (student, x_adv), "t_clean": (teacher, x), "t_adv": (teacher, x_adv)}
     with module_mode(student, True):
         for key in method.forward_sequence(epoch):
             model, batch = inputs[key]
-            logits = forward(model, batch, key, out, method.with_features)
-            if model is teacher:  # recorded with a graph, then cut: the teacher is a target
-                logits = logits.detach()
-                if key in out.features:
-                    out.features[key] = out.features[key].detach()
-            setattr(out, key, logits)
-    return method.loss(out), out
+            if model is student:
+                setattr(out, key, forward(student, batch, key, out, method.with_features))
+            else:
+                with torch.no_grad():
+                    setattr(out, key, forward(teacher, batch, key, out, method.with_features))
+    terms = method.loss(out)
+    if "st_fraction" in terms:
+        float(terms["st_fraction"])  # DGAD's n_ST read on the host before the loss is formed
+    int((out.trained_logits.argmax(1) == y).sum())  # the progress bar's correct count
+    return terms, out

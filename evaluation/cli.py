@@ -13,11 +13,12 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from attacks import PAPER_CW_L2
 from data import Split, dataset_info, load_split
 from models import build_model, is_known_model, model_names
 from runtime.checkpoints import atomic_write_json, load_weights, safe_load, sha256_of
 from runtime.device import device_name, git_commit, resolve_device, seed_everything
-from runtime.errors import UserError, exit_on_user_error, warn
+from runtime.errors import UserError, exit_on_user_error, require_255_units, warn
 from runtime.help import HelpFormatter
 
 from .accuracy import FeatureMoments, attack_accuracy
@@ -43,8 +44,18 @@ def build_parser(defaults: Dict, description: str) -> argparse.ArgumentParser:
                    help="a subset of the protocol's attacks, separated by spaces or commas "
                         "(paper: natural fgsm pgd10 cw_l2 aa; standard: natural fgsm pgd20 cw_inf aa); "
                         "default: all of them")
-    p.add_argument("--eps", type=float, default=8, help="L-inf radius, in 1/255 pixel units")
-    p.add_argument("--bs", type=int, default=128, help="batch size (CW-L2's early abort is decided per batch)")
+    p.add_argument("--eps", type=float, default=8,
+                   help="L-inf radius, in 1/255 pixel units (8 means 8/255; the authors' scripts take the fraction, "
+                        "0.031, which is refused here with this hint)")
+    p.add_argument("--bs", type=int, default=200,
+                   help="batch size; 200 as the authors' evaluation (CW-L2's early abort is decided per batch)")
+    p.add_argument("--coeff", type=float, default=PAPER_CW_L2["c"], help="CW-L2's constant c, as the authors' --coeff")
+    g = p.add_argument_group("the authors' evaluation flags, recorded as labels in the report")
+    g.add_argument("--method", default=None, help="how the checkpoint was trained")
+    g.add_argument("--teacher_model", default=None, help="the teacher it was distilled from")
+    g.add_argument("--steps", default=None, help=argparse.SUPPRESS)
+    g.add_argument("--random-start", dest="random_start", nargs="?", const=True, default=None,
+                   help=argparse.SUPPRESS)
     p.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="folder holding the dataset's standard layout")
     p.add_argument("--download", action="store_true", help="download CIFAR when missing (needs internet)")
     p.add_argument("--n_ex", type=int, default=0, help="evaluate the first N test images (0 = all)")
@@ -63,8 +74,16 @@ def resolve(cfg: argparse.Namespace) -> argparse.Namespace:
         raise UserError(f"unknown --model {cfg.model!r}; choose from {', '.join(model_names())}")
     cfg.protocol_spec = PROTOCOLS[cfg.protocol]
     cfg.attack_names = parse_attacks(cfg.attacks, cfg.protocol_spec)
+    for flag in ("steps", "random_start"):
+        if getattr(cfg, flag) is not None:
+            raise UserError(f"--{flag.replace('_', '-')} is ignored by the authors' evaluation code, and here each "
+                            f"protocol fixes its attacks' steps and starts: choose them with --protocol and --attacks "
+                            f"(pgd10, pgd20)")
     if not cfg.eps > 0:
         raise UserError(f"--eps must be > 0 (in 1/255 units, e.g. 8), got {cfg.eps:g}")
+    require_255_units("--eps", cfg.eps, "--eps 8")
+    if not cfg.coeff > 0:
+        raise UserError(f"--coeff must be > 0 (the CW-L2 constant, 0.1 in the papers), got {cfg.coeff:g}")
     if cfg.bs < 1:
         raise UserError(f"--bs must be >= 1, got {cfg.bs}")
     if cfg.n_ex < 0:
@@ -104,7 +123,7 @@ def load_model(cfg, num_classes: int) -> Tuple[nn.Module, Dict]:
 def run_attack(name: str, model: nn.Module, split: Split, cfg, device, moments: Optional[FeatureMoments]):
     from tqdm import tqdm
     eps = cfg.eps / 255
-    attack = build_attack(name, eps, cfg.seed, device)
+    attack = build_attack(name, eps, cfg.seed, device, cw_c=cfg.coeff)
     inspected = Inspected(attack) if attack is not None else None
     bar = tqdm(total=len(split), desc=TITLES[name], unit="img", leave=False, dynamic_ncols=True,
                disable=not sys.stderr.isatty())
@@ -112,7 +131,7 @@ def run_attack(name: str, model: nn.Module, split: Split, cfg, device, moments: 
     accuracy = attack_accuracy(model, split, cfg.bs, attack=inspected, progress=bar.update, moments=moments)
     seconds = time.perf_counter() - start
     bar.close()
-    params = attack_settings(name, eps, cfg.seed, cfg.bs)
+    params = attack_settings(name, eps, cfg.seed, cfg.bs, cw_c=cfg.coeff)
     if name == "aa":
         params.update(attack.describe())
     entry = {"attack": TITLES[name], "protocol": cfg.protocol, "accuracy": round(accuracy, 4),
@@ -153,7 +172,7 @@ def evaluate(cfg) -> Dict:
     report.update({
         "format": REPORT_FORMAT, "complete": False, "protocol_description": protocol.description,
         "eps_255": cfg.eps, "num_classes": info.num_classes, "split": split_name,
-        "batch_size": cfg.bs, "seed": cfg.seed,
+        "batch_size": cfg.bs, "seed": cfg.seed, "labels": {"method": cfg.method, "teacher_model": cfg.teacher_model},
         "checkpoint": dict(path=os.path.abspath(cfg.model_path), sha256=sha256, **checkpoint_meta),
         "versions": {"torch": torch.__version__, "pyautoattack": pyautoattack_version(),
                      "python": platform.python_version(), "advkd_git_commit": git_commit()},

@@ -59,7 +59,7 @@ def parse_attacks(requested: Optional[Iterable[str]], protocol: Protocol) -> Tup
     return tuple(name for name in protocol.attacks if name in names)
 
 
-def attack_settings(name: str, eps: float, seed: int, batch_size: int) -> Dict:
+def attack_settings(name: str, eps: float, seed: int, batch_size: int, cw_c: float = PAPER_CW_L2["c"]) -> Dict:
     """What the attack `name` computes, for the report."""
     pgd = {"eps": eps, "step_size": STEP_SIZE, "loss": "cross-entropy", "init": "uniform U(-eps, eps), clamped",
            "seed": seed}
@@ -70,7 +70,7 @@ def attack_settings(name: str, eps: float, seed: int, batch_size: int) -> Dict:
         "pgd20": dict(pgd, steps=20),
         "cw_inf": dict(pgd, steps=CW_INF["steps"], confidence=CW_INF["confidence"],
                        loss="-max(z_y - max_{c!=y} z_c + confidence, 0)"),
-        "cw_l2": dict(PAPER_CW_L2, norm="L2", reproduces="advertorch 0.2.3 CarliniWagnerL2Attack (untargeted)",
+        "cw_l2": dict(PAPER_CW_L2, c=cw_c, norm="L2", reproduces="advertorch 0.2.3 CarliniWagnerL2Attack (untargeted)",
                       batch_size=batch_size,
                       note="early abort is decided per batch, as in advertorch: results depend on --bs; "
                            "examples never misclassified are returned unchanged"),
@@ -82,7 +82,7 @@ def attack_settings(name: str, eps: float, seed: int, batch_size: int) -> Dict:
 AttackFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def build_attack(name: str, eps: float, seed: int, device) -> Optional[AttackFn]:
+def build_attack(name: str, eps: float, seed: int, device, cw_c: float = PAPER_CW_L2["c"]) -> Optional[AttackFn]:
     """The `attack(model, x, y)` for attack_accuracy (None for natural). Each randomised attack has
     its own generator seeded with `seed`, so its numbers do not depend on which attacks ran before."""
     if name == "natural":
@@ -95,7 +95,7 @@ def build_attack(name: str, eps: float, seed: int, device) -> Optional[AttackFn]
         return functools.partial(cw_inf, eps=eps, step_size=STEP_SIZE, generator=make_generator(device, seed),
                                  **CW_INF)
     if name == "cw_l2":
-        return functools.partial(cw_l2, **PAPER_CW_L2)
+        return functools.partial(cw_l2, **dict(PAPER_CW_L2, c=cw_c))
     if name == "aa":
         return StandardAutoAttack(eps, seed, device)
     raise ValueError(f"unknown attack {name!r}")

@@ -4,6 +4,10 @@ from attacks import ce_sum, kl_sum
 from losses import cross_entropy_terms, trades_terms
 
 from .base import AttackSpec, Method, Option
+from .recipes import released
+
+# The AdaAD and DGAD repositories train their Natural and PGD-AT baselines with their own loop.
+PLAIN_BASELINES = "boyellow/AdaAD and kunsaram01/DGAD main.py"
 
 
 class Natural(Method):
@@ -12,6 +16,7 @@ class Natural(Method):
     paper = "(standard supervised training; the non-robust reference)"
     forwards = ("s_clean",)
     parts = ("ce",)
+    recipe = released(f"{PLAIN_BASELINES} (Plain_Clean)", 200, (100, 150), 5e-4)
 
     def loss(self, out):
         return cross_entropy_terms(out.s_clean, out.y)
@@ -33,6 +38,7 @@ class PGDAT(Method):
                                           "released PGD-AT baseline of the AdaAD/DGAD code), 'uniform' "
                                           "x + U(-eps, eps) (Madry et al.)")}
     parts = ("ce",)
+    recipe = released(f"{PLAIN_BASELINES} (Plain_Madry with its 110-epoch schedule)", 110, (100, 105), 5e-4)
 
     def __init__(self, config):
         super().__init__(config)
@@ -52,6 +58,10 @@ class TRADES(Method):
     forwards = ("s_clean", "s_adv", "s_clean")
     options = {"trades_beta": Option(6.0, type=float, help="TRADES beta: weight of the robustness KL term")}
     parts = ("ce", "kl")
+    # train_trades_cifar10.py: epsilon 0.031, step 0.007, x0.1 from epoch 75 (counting from 1) of 76;
+    # its further decays at 90 and 100 are never reached.
+    recipe = released("yaodongyu/TRADES train_trades_cifar10.py", 76, (74,), 2e-4, epsilon=round(0.031 * 255, 6),
+                      step_size=round(0.007 * 255, 6))
 
     def __init__(self, config):
         super().__init__(config)

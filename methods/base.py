@@ -13,6 +13,8 @@ import torch.nn as nn
 
 from attacks import Target, module_mode, pgd
 
+from .recipes import Recipe
+
 TARGETS = ("labels", "teacher_clean", "student_clean", "teacher")
 FORWARDS = ("s_clean", "s_adv", "t_clean", "t_adv")
 
@@ -91,6 +93,7 @@ class Method:
     # rejected when given; one name shared by several methods must mean the same thing.
     options: Dict[str, Option] = {}
     parts: Tuple[str, ...] = ()  # the loss's named parts besides 'loss'
+    recipe: Optional[Recipe] = None  # what the released code trains with (--recipe released)
 
     def __init__(self, config):
         self.budget = Budget(config.epsilon / 255, config.step_size / 255, config.num_steps)
@@ -103,6 +106,11 @@ class Method:
     def options_for(cls, args) -> Dict[str, Option]:
         """The options a run with these arguments reads (VarGap adds those of its --vg_base)."""
         return cls.options
+
+    @classmethod
+    def released_recipe(cls, args) -> Recipe:
+        """The recipe of the released code this run reproduces (VarGap: its --vg_base's)."""
+        return cls.recipe
 
     def loss(self, out: StepOutputs) -> Dict[str, torch.Tensor]:
         raise NotImplementedError

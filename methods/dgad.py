@@ -4,6 +4,7 @@ from attacks import kl_sum
 from losses import dgad_terms
 
 from .base import AttackSpec, Method, Option
+from .recipes import released
 
 
 class DGAD(Method):
@@ -28,6 +29,7 @@ class DGAD(Method):
                                  "actual size of each batch"),
     }
     parts = ("L_ST", "L_AT", "L_PCR", "st_fraction")
+    recipe = released("kunsaram01/DGAD main.py, main_tiny.py", 200, (100, 150), 5e-4)
 
     def __init__(self, config):
         super().__init__(config)

@@ -7,6 +7,7 @@ from attacks import ce_sum, kl_sum
 from losses import adaad_terms, ard_terms, iad_terms, rslad_terms
 
 from .base import AttackSpec, Method, Option
+from .recipes import released
 
 KL_REDUCTION = Option(
     "authors", choices=("authors", "batchmean"),
@@ -40,6 +41,10 @@ class ARD(Method):
                "ARD_alpha": Option(1.0, type=float, help=ALPHA_HELP),
                "kl_reduction": KL_REDUCTION}
     parts = ("kl", "ce")
+    # Its schedule code sets 0.01 from epoch 100 on (counting from 0) and never lower: the second
+    # milestone of its default [100, 150] sets 0.01 again.
+    recipe = released("goldblum/AdversariallyRobustDistillation main.py", 200, (100,), 2e-4,
+                      bs_by_dataset={"CIFAR100": 256})
 
     def __init__(self, config):
         super().__init__(config)
@@ -77,6 +82,7 @@ class IAD(Method):
                                   help="IAD's beta, the exponent of the teacher's trust w_i = P_T(y_i | x'_i)^beta; "
                                        "the introspection term weighs sample i by 1 - w_i")}
     parts = ("ard", "introspection")
+    recipe = released("ZFancy/IAD IAD-I.py (ARD's schedule code)", 200, (100,), 2e-4)
 
     def __init__(self, config):
         super().__init__(config)
@@ -103,6 +109,7 @@ class RSLAD(Method):
     forwards = ("s_adv", "s_clean", "t_clean")
     options = {"kl_reduction": KL_REDUCTION}
     parts = ("kl_adv", "kl_clean")
+    recipe = released("zibojia/RSLAD resnet18_rslad_cifar10.py", 300, (215, 260, 285), 2e-4)
 
     def __init__(self, config):
         super().__init__(config)
@@ -128,6 +135,8 @@ class AdaAD(Method):
                                      help="alpha: weight of the adversarial KL; 1 - alpha weighs the clean KL"),
                "kl_reduction": KL_REDUCTION}
     parts = ("kl_adv", "kl_clean")
+    # Its main.py defaults to epsilon 16 and step 4; the paper's CIFAR runs, and this default, use 8 and 2.
+    recipe = released("boyellow/AdaAD main.py", 200, (100, 150), 5e-4)
 
     def __init__(self, config):
         super().__init__(config)

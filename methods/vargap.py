@@ -65,6 +65,10 @@ class VarGap(Method):
         return self.with_every_pass(self.base.forward_sequence(epoch))
 
     @classmethod
+    def released_recipe(cls, args):
+        return BASES[getattr(args, "vg_base", None) or DEFAULT_BASE].recipe
+
+    @classmethod
     def options_for(cls, args):
         return {**VARGAP_OPTIONS, **BASES[getattr(args, "vg_base", None) or DEFAULT_BASE].options}
 

@@ -65,9 +65,9 @@ class TinyNet(nn.Module):
 
 
 def train_config(method, *flags, dataset="CIFAR10", model="wideresnet10_1", bs=4):
-    """The resolved, frozen training config of `method`, as main.py builds it."""
+    """The resolved, frozen training config of `method`, as main.py builds it (bs None: the recipe's)."""
     args = ["--method", method, "--dataset", dataset, "--model", model, "--teacher_model", model,
-            "--bs", str(bs), "--save_dir", "unused", *flags]
+            *(["--bs", str(bs)] if bs is not None else []), "--save_dir", "unused", *flags]
     return resolve(build_parser(CIFAR_DEFAULTS, "test").parse_args(args))
 
 

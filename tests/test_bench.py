@@ -42,9 +42,9 @@ def test_bench_json_on_cpu(tmp_path):
         assert math.isclose(path["images_per_second"] * path["ms_per_step"], 4 * 1000, rel_tol=1e-9)
         assert math.isclose(path["epoch_seconds"], 50_000 / path["images_per_second"], rel_tol=1e-9)
     ours, plain = report["paths"]["ours"], report["paths"]["plain"]
-    # The plain attack also computes both networks' weight gradients: (1+1+1)/(1+1) of our attack's
-    # arithmetic per step, so strictly more FLOPs per image (exact ratios: test_fast_path.py).
-    assert plain["flops_per_image"] > ours["flops_per_image"] > 0
+    # DGAD's released loop does the same arithmetic as ours (input gradients only, T(x) once):
+    # the paths differ in data, syncs and layout, not FLOPs (per-step counts: test_fast_path.py).
+    assert plain["flops_per_image"] == ours["flops_per_image"] > 0
     assert math.isclose(report["speedup"], ours["images_per_second"] / plain["images_per_second"], rel_tol=1e-9)
     assert "ours/plain" in result.stdout and "wrote" in result.stdout
 

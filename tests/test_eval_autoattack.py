@@ -25,22 +25,22 @@ def evaluate(checkpoint, data_dir, out, *args):
 
 
 def test_all_four_attacks_run_on_points_that_survive_a_tiny_eps(checkpoint, real_data_dir, tmp_path, capsys):
-    # At eps 0.5/255 the correctly classified points stay robust, so every stage of the standard
+    # At eps 1/255 the correctly classified points stay robust, so every stage of the standard
     # version runs (at 8/255 APGD-CE alone breaks this weak model and AutoAttack skips the rest).
     report = evaluate(checkpoint, real_data_dir, tmp_path / "aa.json", "--attacks", "natural,aa", "--n_ex", "8",
-                      "--eps", "0.5")
+                      "--eps", "1")
     entry = report["results"]["aa"]
     assert entry["attack"] == "AutoAttack" and entry["protocol"] == "paper" and entry["n"] == 8
     params = entry["params"]
     assert params["implementation"] == "pyautoattack" and params["pyautoattack_version"] == "0.2.0"
-    assert params["version"] == "standard" and params["norm"] == "Linf" and params["eps"] == pytest.approx(0.5 / 255)
+    assert params["version"] == "standard" and params["norm"] == "Linf" and params["eps"] == pytest.approx(1 / 255)
     assert params["attacks_to_run"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert params["attacks_run"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert set(params["points_perturbed_by_attack"]) <= set(params["attacks_run"])
     natural = report["results"]["natural"]["accuracy"]
     assert natural > 0 and entry["accuracy"] <= natural
     assert entry["correct"] == round(entry["accuracy"] * 8 / 100)
-    assert entry["max_linf_perturbation"] <= 0.5 / 255 + 1e-6
+    assert entry["max_linf_perturbation"] <= 1 / 255 + 1e-6
     assert 0 <= entry["pixel_range"][0] and entry["pixel_range"][1] <= 1
     assert entry["seconds"] > 0 and report["versions"]["pyautoattack"] == "0.2.0"
     out = capsys.readouterr().out

@@ -4,11 +4,12 @@ import dataclasses
 import os
 import types
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from methods import all_options, get_method, method_names
+from methods.recipes import COMMON, RECIPE_NAMES, Recipe
 from models import is_known_model, model_names
-from runtime.errors import UserError, warn
+from runtime.errors import UserError, require_255_units, warn
 from runtime.help import HelpFormatter
 from runtime.precision import PRECISIONS
 
@@ -45,12 +46,19 @@ class Config:
     bs: int
     lr_max: float
     lr_schedule: str
+    milestones: Tuple[int, ...]
+    lr_decay: Tuple[float, ...]  # one factor per milestone
     momentum: float
     weight_decay: float
     eval_bs: int
+    eval_epsilon: float
+    eval_step_size: float
     precision: str
     channels_last: bool
     compile: bool
+    recipe: str
+    recipe_source: str
+    recipe_overrides: Tuple[str, ...]  # the recipe values given on the command line
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def record(self) -> Dict[str, Any]:
@@ -102,20 +110,37 @@ def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentPars
     g.add_argument("--nan_policy", default="stop", choices=("stop", "skip"),
                    help="on a non-finite loss: stop the run, or skip that batch's update (one host sync per step)")
 
+    g = p.add_argument_group("recipe (each value below marked 'recipe' comes from it unless given)")
+    g.add_argument("--recipe", default="released", choices=RECIPE_NAMES,
+                   help="'released': the recipe of the method's released code (README, Recipes); 'dgad-paper': "
+                        "the DGAD paper's common setting for every method (200 epochs, x0.1 after 100 and 150, "
+                        "weight decay 5e-4, epsilon 8, step 2, bs 128)")
+
     g = p.add_argument_group("attack (epsilon and step size in 1/255 pixel units)")
-    g.add_argument("--epsilon", type=float, default=8)
+    g.add_argument("--epsilon", type=float, default=None, help="L-inf radius of the training attack (recipe)")
     g.add_argument("--num_steps", type=int, default=10)
-    g.add_argument("--step_size", type=float, default=2)
+    g.add_argument("--step_size", type=float, default=None, help="step of the training attack (recipe)")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=200)
-    g.add_argument("--bs", type=int, default=128, help="batch size B")
+    g.add_argument("--epochs", type=int, default=None, help="(recipe)")
+    g.add_argument("--bs", type=int, default=None, help="batch size B (recipe)")
     g.add_argument("--lr_max", type=float, default=None, help="default 0.1; 0.05 for mobilenetV2")
-    g.add_argument("--lr_schedule", default="piecewise", choices=SCHEDULES)
+    g.add_argument("--lr_schedule", default="piecewise", choices=SCHEDULES,
+                   help="piecewise: lr_max, multiplied by --lr_decay after each of --milestones; cosine: "
+                        "0.5 lr_max (1 + cos(pi epoch / epochs)), never below 1e-4 (the authors' floor)")
+    g.add_argument("--milestones", default=None,
+                   help="piecewise: after how many epochs the learning rate decays, comma-separated (recipe; "
+                        "when --epochs differs from the recipe's, its milestones scale with it)")
+    g.add_argument("--lr_decay", default=None,
+                   help="piecewise: the factor at each milestone, one value or one per milestone (default 0.1)")
     g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight_decay", type=float, default=5e-4)
+    g.add_argument("--weight_decay", type=float, default=None, help="on every parameter (recipe)")
     g.add_argument("--eval_bs", type=int, default=1024,
                    help="batch size of the per-epoch test evaluation; halved on a CUDA out-of-memory error")
+    g.add_argument("--eval_epsilon", type=float, default=8,
+                   help="radius of the per-epoch PGD-10 that picks best_PGD10_acc_model.pth, in 1/255 units "
+                        "(8, as the authors' loops, whatever the training --epsilon)")
+    g.add_argument("--eval_step_size", type=float, default=2, help="its step, in 1/255 units")
 
     g = p.add_argument_group("speed (see bench.py)")
     g.add_argument("--precision", default="fp32", choices=PRECISIONS,
@@ -146,12 +171,64 @@ def default_save_dir(args, method_options) -> str:
         value = getattr(args, name)
         if value != option.resolve_default(args):
             parts.append(name if value is True else f"{name}{value}")
+    if args.recipe != "released":
+        parts.append(args.recipe)
     if args.train_subset:
         parts.append(f"sub{args.train_subset}")
     if args.precision != "fp32":
         parts.append(args.precision)
     parts.append(f"seed{args.seed}")
     return os.path.join("checkpoints", args.dataset, args.method, "_".join(parts))
+
+
+RECIPE_FLAGS = ("epochs", "milestones", "lr_decay", "weight_decay", "epsilon", "step_size", "bs")
+
+
+def number_list(flag: str, text: str, kind):
+    try:
+        values = tuple(kind(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UserError(f"--{flag} {text!r} is not a comma-separated list of {kind.__name__}s (e.g. 100,150)") \
+            from None
+    return values
+
+
+def apply_recipe(args: argparse.Namespace, method) -> Recipe:
+    """Fill every recipe value the command line left out, from --recipe; returns the recipe."""
+    recipe = method.released_recipe(args) if args.recipe == "released" else COMMON[args.recipe]
+    given = {flag for flag in RECIPE_FLAGS if getattr(args, flag) is not None}
+    if args.epochs is None:
+        args.epochs = recipe.epochs
+    if args.milestones is None:
+        # A shorter or longer run keeps the recipe's proportions (rounded up).
+        args.milestones = tuple(-(-m * args.epochs // recipe.epochs) for m in recipe.milestones)
+    else:
+        args.milestones = number_list("milestones", args.milestones, int)
+    decay = number_list("lr_decay", args.lr_decay, float) if args.lr_decay is not None else (recipe.lr_decay,)
+    if len(decay) == 1:
+        decay = decay * len(args.milestones)
+    if len(decay) != len(args.milestones):
+        raise UserError(f"--lr_decay has {len(decay)} factors for {len(args.milestones)} milestones; give one "
+                        f"factor, or one per milestone")
+    args.lr_decay = decay
+    for flag, value in (("weight_decay", recipe.weight_decay), ("epsilon", recipe.epsilon),
+                        ("step_size", recipe.step_size), ("bs", recipe.batch_size(args.dataset))):
+        if getattr(args, flag) is None:
+            setattr(args, flag, value)
+    args.recipe_overrides = tuple(sorted(given))
+    return recipe
+
+
+def recipe_line(config: Config) -> str:
+    """The resolved recipe, as a run prints it at start."""
+    schedule = (f"x{'/'.join(f'{d:g}' for d in config.lr_decay)} after epochs "
+                f"{', '.join(map(str, config.milestones)) or '(none)'}" if config.lr_schedule == "piecewise"
+                else config.lr_schedule)
+    return (f"recipe {config.recipe} ({config.recipe_source}): {config.epochs} epochs, lr {config.lr_max:g} "
+            f"{schedule}, weight decay {config.weight_decay:g}, momentum {config.momentum:g}, epsilon "
+            f"{config.epsilon:g}/255, step {config.step_size:g}/255, {config.num_steps} steps, bs {config.bs}"
+            + (f" ({', '.join('--' + flag for flag in config.recipe_overrides)} from the command line)"
+               if config.recipe_overrides else ""))
 
 
 def resolve(args: argparse.Namespace) -> Config:
@@ -172,8 +249,12 @@ def resolve(args: argparse.Namespace) -> Config:
         elif getattr(args, name) is not None:
             raise UserError(f"--{name} is not used by --method {args.method} (it is an option of "
                             f"{', '.join(users)}); remove it")
+    recipe = apply_recipe(args, method)
     if args.epsilon < 0 or args.step_size < 0:
         raise UserError(f"--epsilon and --step_size must be >= 0 (got {args.epsilon:g}, {args.step_size:g})")
+    for flag in ("epsilon", "step_size", "eval_epsilon", "eval_step_size"):
+        if flag in args.recipe_overrides or flag.startswith("eval"):
+            require_255_units(f"--{flag}", getattr(args, flag), f"--{flag} {8 if 'epsilon' in flag else 2}")
     if method.attack is not None and args.num_steps < 1:
         raise UserError(f"--num_steps must be >= 1 for --method {args.method}, which trains on an attack")
     if args.step_size > args.epsilon:
@@ -192,5 +273,6 @@ def resolve(args: argparse.Namespace) -> Config:
         args.teacher_model = args.teacher_path = None
     if args.save_dir is None:
         args.save_dir = default_save_dir(args, own)
+    args.recipe_source = recipe.source
     common = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if f.name != "options"}
     return Config(**common, options=types.MappingProxyType({name: getattr(args, name) for name in own}))

@@ -19,6 +19,7 @@ from methods import Method, configure, training_step
 from runtime.device import configure_determinism, device_name, git_commit, resolve_device, seed_everything
 from runtime.precision import autocast_factory, prepare_batch
 
+from .config import recipe_line
 from .finite import FiniteCheck
 from .networks import Trainee, build_trainee, require_teacher_file
 from .run_dir import RunDirectory, RunState, result_fields
@@ -43,6 +44,7 @@ def fit(config) -> RunState:
     record = dict(config.record(), **method.describe(), loss_parts=list(method.parts), git_commit=git_commit(),
                   torch_version=str(torch.__version__), device=device_name(device), num_classes=info.num_classes,
                   train_images=len(train_split), test_images=len(test_split))
+    print(recipe_line(config), flush=True)
     state, cursor = run.resume(trainee, config) if config.resume else (RunState(), None)
     run.open(record, fresh=state.epoch == 0 and cursor is None)
     if state.epoch >= config.epochs:
@@ -50,13 +52,13 @@ def fit(config) -> RunState:
         return state
 
     batches = TrainBatches(train_split, config.bs, trainee.generators["data"])
-    eval_attack = pgd_ce_attack(config.epsilon / 255, config.step_size / 255, EVAL_PGD_STEPS,
-                                generator=trainee.generators["eval"])
+    eval_attack = per_epoch_attack(config, trainee.generators["eval"])
     autocast = autocast_factory(config.precision, device)
     eval_bs, first_epoch = config.eval_bs, state.epoch + 1
     with GracefulStop() as stop:
         for epoch in range(first_epoch, config.epochs + 1):
-            lr = learning_rate(config.lr_schedule, config.lr_max, epoch - 1, config.epochs)
+            lr = learning_rate(config.lr_schedule, config.lr_max, epoch - 1, config.epochs, config.milestones,
+                               config.lr_decay)
             resume_at = cursor if cursor is not None and cursor["epoch"] == epoch else None
             cursor = None
             stats = train_one_epoch(method, trainee, batches, epoch, lr, config, autocast, stop, resume_at)
@@ -187,6 +189,14 @@ def train_one_epoch(method: Method, trainee: Trainee, batches: TrainBatches, epo
     means = (totals.parts / seen).tolist()
     return EpochStats((totals.loss / seen).item(), 100.0 * totals.correct.item() / seen,
                       dict(zip(method.parts, means)), totals.seen, time.perf_counter() - start, skipped)
+
+
+def per_epoch_attack(config, generator: torch.Generator) -> Callable:
+    """The PGD-10 of the per-epoch evaluation (docs/methods.md section 7.3): uniform start, cross-entropy,
+    --eval_epsilon and --eval_step_size (8/255 and 2/255, as the authors' loops, whatever the training
+    radius)."""
+    return pgd_ce_attack(config.eval_epsilon / 255, config.eval_step_size / 255, EVAL_PGD_STEPS,
+                         generator=generator)
 
 
 def halving_on_oom(measure: Callable[[int], Tuple], batch_size: int) -> Tuple[Tuple, int]:
