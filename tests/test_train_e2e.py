@@ -60,6 +60,10 @@ def test_main_two_epochs_writes_every_file_and_resume_continues(tmp_path, real_d
     assert all(0 <= float(r["train_st_fraction"]) <= 1 and float(r["train_L_AT"]) > 0 for r in table)
     config = json.load(open(os.path.join(save_dir, "config.json")))
     assert config["method"] == "DGAD" and config["ALP_beta"] == 5.0 and config["mbv2_loss"] == "fixed"
+    assert config["recipe"] == "released" and "kunsaram01/DGAD" in config["recipe_source"]
+    assert (config["milestones"], config["lr_decay"], config["weight_decay"]) == ([1, 2], [0.1, 0.1], 5e-4)
+    assert "epochs" in config["recipe_overrides"]
+    assert first.stdout.splitlines()[0].startswith("recipe released (kunsaram01/DGAD")
     assert {"git_commit", "torch_version", "device"} <= set(config)
 
 
