@@ -112,7 +112,8 @@ def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentPars
 
     g = p.add_argument_group("recipe (each value below marked 'recipe' comes from it unless given)")
     g.add_argument("--recipe", default="released", choices=RECIPE_NAMES,
-                   help="'released': the recipe of the method's released code (README, Recipes); 'dgad-paper': "
+                   help="'released': the recipe of the method's released code (README: 'Each method trains as its "
+                        "released code does'); 'dgad-paper': "
                         "the DGAD paper's common setting for every method (200 epochs, x0.1 after 100 and 150, "
                         "weight decay 5e-4, epsilon 8, step 2, bs 128)")
 
@@ -122,7 +123,7 @@ def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentPars
     g.add_argument("--step_size", type=float, default=None, help="step of the training attack (recipe)")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=None, help="(recipe)")
+    g.add_argument("--epochs", type=int, default=None, help="number of epochs (recipe)")
     g.add_argument("--bs", type=int, default=None, help="batch size B (recipe)")
     g.add_argument("--lr_max", type=float, default=None, help="default 0.1; 0.05 for mobilenetV2")
     g.add_argument("--lr_schedule", default="piecewise", choices=SCHEDULES,
