@@ -16,6 +16,7 @@ from tqdm import tqdm
 from data import Split, TrainBatches, dataset_info, load_split
 from evaluation.accuracy import FeatureMoments, attack_accuracy, pgd_ce_attack
 from methods import Method, configure, training_step
+from runtime.checkpoints import sha256_of
 from runtime.device import configure_determinism, device_name, git_commit, resolve_device, seed_everything
 from runtime.precision import autocast_factory, prepare_batch
 
@@ -43,9 +44,10 @@ def fit(config) -> RunState:
     trainee = build_trainee(config, method, info.num_classes, device)
     record = dict(config.record(), **method.describe(), loss_parts=list(method.parts), git_commit=git_commit(),
                   torch_version=str(torch.__version__), device=device_name(device), num_classes=info.num_classes,
-                  train_images=len(train_split), test_images=len(test_split))
+                  train_images=len(train_split), test_images=len(test_split),
+                  teacher_sha256=sha256_of(config.teacher_path) if method.needs_teacher else None)
     print(recipe_line(config), flush=True)
-    state, cursor = run.resume(trainee, config) if config.resume else (RunState(), None)
+    state, cursor = run.resume(trainee, config, record) if config.resume else (RunState(), None)
     run.open(record, fresh=state.epoch == 0 and cursor is None)
     if state.epoch >= config.epochs:
         print(f"{config.save_dir} has already completed {state.epoch} epochs", flush=True)

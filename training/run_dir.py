@@ -2,6 +2,7 @@
 failed to start), config.json, results.csv, the one checkpoint payload, and resume."""
 import csv
 import io
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -14,8 +15,26 @@ from .networks import Trainee
 CHECKPOINT_FILES = ("last.pth", "best_PGD10_acc_model.pth", "best_clean_acc_model.pth", "results.csv")
 RESULT_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "test_clean_acc", "test_PGD10_acc",
                  "test_variance_gap", "epoch_seconds", "images_per_second"]
-# A resume with another value of one of these would silently mix two runs.
-RUN_IDENTITY = ("method", "model", "teacher_model", "dataset", "bs", "epochs")
+# Settings that change where a run's files go or how fast it runs, not what it computes: a resume
+# may change them. Every other entry of the run's record (each flag, the teacher's sha256, the
+# image counts) defines the run, and a resume that changes one is refused.
+OPERATIONAL = frozenset({
+    "save_dir", "resume", "overwrite", "stop_after", "gpu_id", "eval_bs", "nan_policy", "data_dir", "download",
+    "deterministic", "channels_last", "compile", "teacher_path", "recipe_overrides", "recipe_source",
+    "git_commit", "torch_version", "device", "paper", "summary"})
+
+
+def identity_differences(saved: Dict, record: Dict) -> List[str]:
+    """'--epsilon 8 (now 4)' for each defining entry whose value differs between two records."""
+    def plain(value):
+        return json.loads(json.dumps(value, default=str))  # tuples and lists compare alike
+    found = []
+    for key in sorted(set(saved) | set(record)):
+        if key in OPERATIONAL or plain(saved.get(key)) == plain(record.get(key)):
+            continue
+        name = "teacher file sha256" if key == "teacher_sha256" else f"--{key}"
+        found.append(f"{name} {saved.get(key)!r} (now {record.get(key)!r})")
+    return found
 
 
 def result_fields(parts: Sequence[str]) -> List[str]:
@@ -65,9 +84,10 @@ class RunDirectory:
     def file(self, name: str) -> str:
         return os.path.join(self.root, name)
 
-    def resume(self, trainee: Trainee, config) -> Tuple[RunState, Optional[Dict]]:
+    def resume(self, trainee: Trainee, config, record: Dict) -> Tuple[RunState, Optional[Dict]]:
         """Restore `trainee` from last.pth; the run's state and, after a signal, the unfinished
-        epoch's cursor. Without last.pth, a new run."""
+        epoch's cursor. Without last.pth, a new run. A last.pth of another run (any defining
+        setting of `record` differs) is refused before anything is touched."""
         last = self.file("last.pth")
         if not os.path.exists(last):
             print(f"--resume: no last.pth in {self.root}; starting a new run", flush=True)
@@ -75,11 +95,10 @@ class RunDirectory:
         # On the CPU: generator states must be CPU tensors; weights and optimiser state are copied
         # onto their parameters' device as they load.
         payload = safe_load(last, map_location="cpu")
-        saved = payload.get("config", {})
-        for key in RUN_IDENTITY:
-            if key in saved and saved[key] != getattr(config, key):
-                raise UserError(f"--resume: {last} was made with --{key} {saved[key]}, not {getattr(config, key)}; "
-                                f"use the original arguments or another --save_dir")
+        differences = identity_differences(payload.get("config", {}), record)
+        if differences:
+            raise UserError(f"--resume: {last} is another run: {'; '.join(differences)}; resume with the original "
+                            f"arguments, or start this run in another --save_dir")
         trainee.load(payload, last, config.model)
         best = payload["best"]
         state = RunState(payload["epoch"], best["PGD10_acc"], best["clean_acc"], list(payload["history"]))
