@@ -80,3 +80,37 @@ def test_operational_flags_and_a_moved_teacher_may_change(stopped_run, tmp_path)
     shutil.copy(args[args.index("--teacher_path") + 1], moved)
     changed = [str(moved) if a.endswith("teacher.pth") else a for a in args]
     assert cli_run(main_script.DEFAULTS, "test", changed + ["--resume", "--eval_bs", "8", "--nan_policy", "skip"]) == 0
+
+
+def test_a_second_process_on_a_busy_run_folder_is_refused_naming_the_holder(tmp_path, real_data_dir):
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import REPO
+    torch.manual_seed(0)
+    torch.save(build_model("wideresnet10_1", 10).state_dict(), tmp_path / "teacher.pth")
+    args = ["main.py", "--model", "wideresnet10_1", "--teacher_model", "wideresnet10_1",
+            "--teacher_path", str(tmp_path / "teacher.pth"), "--data_dir", real_data_dir, "--train_subset", "64",
+            "--test_subset", "16", "--bs", "16", "--num_steps", "1", "--epochs", "40", "--save_dir",
+            str(tmp_path / "run")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    first = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        for line in first.stdout:
+            if line.startswith("epoch 1/40"):
+                break
+        second = subprocess.run([sys.executable, *args, "--resume"], cwd=REPO, env=env, capture_output=True,
+                                text=True, timeout=300)
+        assert second.returncode == 2, second.stderr
+        assert f"is in use by another run (pid {first.pid} on " in second.stderr
+        assert "Traceback" not in second.stderr and first.poll() is None
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=300)
+    assert first.returncode == 143
+    assert not (tmp_path / "run" / ".lock").exists()
+    third = subprocess.run([sys.executable, *args, "--resume", "--stop_after", "1"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr

@@ -63,7 +63,8 @@ def test_main_two_epochs_writes_every_file_and_resume_continues(tmp_path, real_d
     assert config["recipe"] == "released" and "kunsaram01/DGAD" in config["recipe_source"]
     assert (config["milestones"], config["lr_decay"], config["weight_decay"]) == ([1, 2], [0.1, 0.1], 5e-4)
     assert "epochs" in config["recipe_overrides"]
-    assert first.stdout.splitlines()[0].startswith("recipe released (kunsaram01/DGAD")
+    assert first.stdout.splitlines()[:2] == [f"run folder: {save_dir}", first.stdout.splitlines()[1]]
+    assert first.stdout.splitlines()[1].startswith("recipe released (kunsaram01/DGAD")
     assert {"git_commit", "torch_version", "device"} <= set(config)
 
 

@@ -148,7 +148,8 @@ def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentPars
                    help="bf16: the networks run under bf16 autocast in the attack and the update (images, "
                         "perturbations and losses stay fp32); fp32 stays the default until bf16 is shown to "
                         "keep robustness")
-    g.add_argument("--channels_last", action="store_true", help="NHWC weights and batches (faster convolutions on GPUs)")
+    g.add_argument("--channels_last", action="store_true",
+                   help="NHWC weights and batches (faster convolutions on GPUs)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the networks (minutes of compilation first; opt-in)")
 

@@ -31,6 +31,7 @@ EVAL_PGD_STEPS = 10
 
 
 def fit(config) -> RunState:
+    print(f"run folder: {config.save_dir}", flush=True)
     method = configure(config)
     info = dataset_info(config.dataset)
     device = resolve_device(config.gpu_id)
@@ -47,57 +48,69 @@ def fit(config) -> RunState:
                   train_images=len(train_split), test_images=len(test_split),
                   teacher_sha256=sha256_of(config.teacher_path) if method.needs_teacher else None)
     print(recipe_line(config), flush=True)
-    state, cursor = run.resume(trainee, config, record) if config.resume else (RunState(), None)
-    run.open(record, fresh=state.epoch == 0 and cursor is None)
-    if state.epoch >= config.epochs:
-        print(f"{config.save_dir} has already completed {state.epoch} epochs", flush=True)
+    with run.claimed():  # one process per run folder, from here to the end
+        state, cursor = run.resume(trainee, config, record) if config.resume else (RunState(), None)
+        run.open(record, fresh=state.epoch == 0 and cursor is None)
+        if state.epoch >= config.epochs:
+            print(f"{config.save_dir} has already completed {state.epoch} epochs", flush=True)
+            return state
+
+        batches = TrainBatches(train_split, config.bs, trainee.generators["data"])
+        eval_attack = per_epoch_attack(config, trainee.generators["eval"])
+        autocast = autocast_factory(config.precision, device)
+        eval_bs, first_epoch = config.eval_bs, state.epoch + 1
+        with GracefulStop() as stop:
+            for epoch in range(first_epoch, config.epochs + 1):
+                lr = learning_rate(config.lr_schedule, config.lr_max, epoch - 1, config.epochs, config.milestones,
+                                   config.lr_decay)
+                resume_at = cursor if cursor is not None and cursor["epoch"] == epoch else None
+                cursor = None
+                stats = train_one_epoch(method, trainee, batches, epoch, lr, config, autocast, stop, resume_at)
+                if stats.unfinished is not None:  # a signal arrived mid-epoch
+                    run.save_last(trainee, state, stats.unfinished)
+                    raise RunInterrupted(stop.signal_name, epoch, stats.unfinished["step"])
+
+                eval_start = time.perf_counter()
+                (clean, robust, variance_gap), eval_bs = evaluate(trainee.student, test_split, eval_bs, eval_attack,
+                                                                  config.channels_last)
+                row = results_row(epoch, lr, stats, clean, robust, variance_gap, time.perf_counter() - eval_start)
+                state.history.append(row)
+                state.epoch = epoch
+                if robust > state.best_pgd:
+                    state.best_pgd = robust
+                    run.save_best("best_PGD10_acc_model.pth", trainee, row)
+                if clean > state.best_clean:
+                    state.best_clean = clean
+                    run.save_best("best_clean_acc_model.pth", trainee, row)
+                run.write_results(state.history)
+                run.save_last(trainee, state)
+
+                print(epoch_line(row, stats, config.epochs), flush=True)
+                if stop.signal_name is not None and epoch < config.epochs:
+                    raise RunInterrupted(stop.signal_name, epoch, None)
+                if config.stop_after and epoch - first_epoch + 1 >= config.stop_after and epoch < config.epochs:
+                    print(f"stopped after {config.stop_after} epochs (--stop_after); continue with --resume",
+                          flush=True)
+                    break
         return state
 
-    batches = TrainBatches(train_split, config.bs, trainee.generators["data"])
-    eval_attack = per_epoch_attack(config, trainee.generators["eval"])
-    autocast = autocast_factory(config.precision, device)
-    eval_bs, first_epoch = config.eval_bs, state.epoch + 1
-    with GracefulStop() as stop:
-        for epoch in range(first_epoch, config.epochs + 1):
-            lr = learning_rate(config.lr_schedule, config.lr_max, epoch - 1, config.epochs, config.milestones,
-                               config.lr_decay)
-            resume_at = cursor if cursor is not None and cursor["epoch"] == epoch else None
-            cursor = None
-            stats = train_one_epoch(method, trainee, batches, epoch, lr, config, autocast, stop, resume_at)
-            if stats.unfinished is not None:  # a signal arrived mid-epoch
-                run.save_last(trainee, state, stats.unfinished)
-                raise RunInterrupted(stop.signal_name, epoch, stats.unfinished["step"])
 
-            eval_start = time.perf_counter()
-            (clean, robust, variance_gap), eval_bs = evaluate(trainee.student, test_split, eval_bs, eval_attack,
-                                                              config.channels_last)
-            row = {"epoch": epoch, "lr": float(f"{lr:.10g}"), "train_loss": round(stats.loss, 6),
-                   "train_acc": round(stats.accuracy, 4), "test_clean_acc": round(clean, 4),
-                   "test_PGD10_acc": round(robust, 4), "test_variance_gap": round(variance_gap, 6),
-                   "epoch_seconds": round(stats.seconds + time.perf_counter() - eval_start, 3),
-                   "images_per_second": round(stats.seen / max(stats.seconds, 1e-9), 2),
-                   **{f"train_{name}": round(value, 6) for name, value in stats.parts.items()}}
-            state.history.append(row)
-            state.epoch = epoch
-            if robust > state.best_pgd:
-                state.best_pgd = robust
-                run.save_best("best_PGD10_acc_model.pth", trainee, row)
-            if clean > state.best_clean:
-                state.best_clean = clean
-                run.save_best("best_clean_acc_model.pth", trainee, row)
-            run.write_results(state.history)
-            run.save_last(trainee, state)
+def results_row(epoch: int, lr: float, stats: "EpochStats", clean: float, robust: float, variance_gap: float,
+                eval_seconds: float) -> Dict:
+    """The epoch's results.csv row (and history entry)."""
+    return {"epoch": epoch, "lr": float(f"{lr:.10g}"), "train_loss": round(stats.loss, 6),
+            "train_acc": round(stats.accuracy, 4), "test_clean_acc": round(clean, 4),
+            "test_PGD10_acc": round(robust, 4), "test_variance_gap": round(variance_gap, 6),
+            "epoch_seconds": round(stats.seconds + eval_seconds, 3),
+            "images_per_second": round(stats.seen / max(stats.seconds, 1e-9), 2),
+            **{f"train_{name}": round(value, 6) for name, value in stats.parts.items()}}
 
-            skipped = f", {stats.skipped} non-finite steps skipped" if stats.skipped else ""
-            print(f"epoch {epoch}/{config.epochs} lr {lr:.4g} loss {stats.loss:.4f} train_acc {stats.accuracy:.2f} "
-                  f"clean {clean:.2f} PGD10 {robust:.2f} ({row['epoch_seconds']:.1f}s, "
-                  f"{row['images_per_second']:.1f} img/s{skipped})", flush=True)
-            if stop.signal_name is not None and epoch < config.epochs:
-                raise RunInterrupted(stop.signal_name, epoch, None)
-            if config.stop_after and epoch - first_epoch + 1 >= config.stop_after and epoch < config.epochs:
-                print(f"stopped after {config.stop_after} epochs (--stop_after); continue with --resume", flush=True)
-                break
-    return state
+
+def epoch_line(row: Dict, stats: "EpochStats", epochs: int) -> str:
+    skipped = f", {stats.skipped} non-finite steps skipped" if stats.skipped else ""
+    return (f"epoch {row['epoch']}/{epochs} lr {row['lr']:.4g} loss {stats.loss:.4f} train_acc {stats.accuracy:.2f} "
+            f"clean {row['test_clean_acc']:.2f} PGD10 {row['test_PGD10_acc']:.2f} ({row['epoch_seconds']:.1f}s, "
+            f"{row['images_per_second']:.1f} img/s{skipped})")
 
 
 @dataclass

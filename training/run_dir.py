@@ -1,9 +1,15 @@
 """A run's folder: the policy for --save_dir (never clobber a run, never leave a trace of one that
 failed to start), config.json, results.csv, the one checkpoint payload, and resume."""
+import contextlib
 import csv
+import datetime
+import fcntl
 import io
 import json
 import os
+import shlex
+import socket
+import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -13,6 +19,7 @@ from runtime.errors import UserError
 from .networks import Trainee
 
 CHECKPOINT_FILES = ("last.pth", "best_PGD10_acc_model.pth", "best_clean_acc_model.pth", "results.csv")
+LOCK_FILE = ".lock"  # exists while a process holds the run folder; says which one
 RESULT_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "test_clean_acc", "test_PGD10_acc",
                  "test_variance_gap", "epoch_seconds", "images_per_second"]
 # Settings that change where a run's files go or how fast it runs, not what it computes: a resume
@@ -83,6 +90,43 @@ class RunDirectory:
 
     def file(self, name: str) -> str:
         return os.path.join(self.root, name)
+
+    @contextlib.contextmanager
+    def claimed(self):
+        """One process per run folder: an exclusive lock on <save_dir>/.lock for as long as the run
+        lives. The OS drops the lock when the process dies, so a killed run never blocks its own
+        resume; a second process on a busy folder is refused, naming the holder."""
+        try:
+            os.makedirs(self.root, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create --save_dir {self.root}: {exc.strerror}") from exc
+        path = self.file(LOCK_FILE)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "a process starting up"
+                os.close(fd)
+                raise UserError(f"--save_dir {self.root} is in use by another run ({holder}); wait for it to "
+                                f"end, or choose another --save_dir") from None
+            try:
+                same_file = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same_file = False
+            if same_file:
+                break
+            os.close(fd)  # its holder removed it while we opened it: take the new one
+        started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        holder = f"pid {os.getpid()} on {socket.gethostname()} since {started}: {shlex.join(sys.argv)}"
+        os.ftruncate(fd, 0)
+        os.write(fd, holder.encode("utf-8"))
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            os.close(fd)
 
     def resume(self, trainee: Trainee, config, record: Dict) -> Tuple[RunState, Optional[Dict]]:
         """Restore `trainee` from last.pth; the run's state and, after a signal, the unfinished
