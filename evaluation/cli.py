@@ -25,7 +25,7 @@ from .accuracy import FeatureMoments, attack_accuracy
 from .autoattack import pyautoattack_version
 from .checks import Inspected, buffers_of, model_checks, ordering_warnings
 from .protocols import L2_ATTACKS, PROTOCOLS, TITLES, attack_settings, build_attack, parse_attacks
-from .report import REPORT_FORMAT, existing_report, format_table, report_to_extend
+from .report import REPORT_FORMAT, existing_report, format_table, refuse_to_replace_a_checkpoint, report_to_extend
 
 DEFAULT_DATA_DIR = "./datasets"  # as training's: a folder of its own, beside the data/ code package
 EPS_SLACK = 1e-6    # float32 rounding of x + delta
@@ -65,7 +65,8 @@ def build_parser(defaults: Dict, description: str) -> argparse.ArgumentParser:
                    help="JSON report (default: <model_path>.eval.<protocol>.json); a report of the same "
                         "checkpoint and settings is extended, attacks run again are replaced")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace --out even if it holds a report of other settings (e.g. another --n_ex)")
+                   help="replace --out even if it holds a report of other settings (e.g. another --n_ex); a file "
+                        "that is not a report, and any checkpoint, is never replaced")
     return p
 
 
@@ -93,7 +94,9 @@ def resolve(cfg: argparse.Namespace) -> argparse.Namespace:
     folder = os.path.dirname(os.path.abspath(cfg.out))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise UserError(f"cannot write the report {cfg.out}: {folder} is not a writable folder (choose --out)")
-    cfg.existing_report = None if cfg.overwrite else existing_report(cfg.out)
+    refuse_to_replace_a_checkpoint(cfg.out, cfg.model_path)
+    report = existing_report(cfg.out)  # a file there that is not a report is refused even with --overwrite
+    cfg.existing_report = None if cfg.overwrite else report
     return cfg
 
 

@@ -20,9 +20,19 @@ def existing_report(out: str) -> Optional[Dict]:
         if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
             raise ValueError(f"no \"format\": \"{REPORT_FORMAT}\"")
     except (OSError, ValueError) as exc:
-        raise UserError(f"{out} exists and is not an evaluation report of this tool ({exc}); "
-                        f"choose another --out or pass --overwrite") from None
+        raise UserError(f"{out} exists and is not an evaluation report of this tool ({exc}), so it is not ours to "
+                        f"replace (not even with --overwrite); choose another --out") from None
     return report
+
+
+def refuse_to_replace_a_checkpoint(out: str, model_path: str) -> None:
+    """A report path may never name a checkpoint: not the evaluated one, and no .pth/.pt file."""
+    same = os.path.abspath(out) == os.path.abspath(model_path) or (
+        os.path.exists(out) and os.path.exists(model_path) and os.path.samefile(out, model_path))
+    if same or out.lower().endswith((".pth", ".pt")):
+        raise UserError(f"--out {out} names a checkpoint{' (the one evaluated)' if same else ''}; the report is "
+                        f"JSON and never replaces a checkpoint, not even with --overwrite: choose --out "
+                        f"<name>.json (default <model_path>.eval.<protocol>.json)")
 
 
 def report_to_extend(cfg, identity: Dict, sha256: str) -> Dict:

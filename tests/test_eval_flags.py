@@ -39,3 +39,20 @@ def test_coeff_is_the_cw_l2_constant_and_labels_are_kept(tmp_path):
     assert build_attack("cw_l2", 8 / 255, 0, "cpu", cw_c=cfg.coeff).keywords["c"] == 0.25
     assert attack_settings("cw_l2", 8 / 255, 0, 200, cw_c=0.25)["c"] == 0.25
     assert isinstance(cfg, argparse.Namespace)
+
+
+def test_a_report_never_replaces_a_checkpoint_or_a_foreign_file(tmp_path):
+    model = tmp_path / "m.pth"
+    model.write_bytes(b"weights")
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"weights")
+    notes = tmp_path / "notes.json"
+    notes.write_text("[1, 2]")
+    for out, message in ((model, r"names a checkpoint \(the one evaluated\)"), (other, "names a checkpoint"),
+                         (tmp_path / "new.pth", "names a checkpoint"), (notes, "is not an evaluation report")):
+        args = build_parser(main_eval.DEFAULTS, "test").parse_args(
+            ["--model_path", str(model), "--out", str(out), "--overwrite"])
+        with pytest.raises(UserError, match=message):
+            resolve(args)
+    assert model.read_bytes() == b"weights" and other.read_bytes() == b"weights" and notes.read_text() == "[1, 2]"
+    assert not (tmp_path / "new.pth").exists()
