@@ -60,12 +60,39 @@ def download_cifar(name: str, data_dir: str) -> None:
         tar.extractall(data_dir, filter="data")
 
 
+# What CIFAR's python batches hold: dicts, lists, bytes, strings and numbers (no globals needed) and
+# numpy arrays, which pickle through these three callables (numpy 1 names the first
+# numpy.core.multiarray._reconstruct, numpy 2 numpy._core.multiarray._reconstruct).
+_RECONSTRUCT = np.ndarray(0).__reduce__()[0]
+_SCALAR = np.float64(0).__reduce__()[0]
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT, ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy.core.multiarray", "scalar"): _SCALAR, ("numpy._core.multiarray", "scalar"): _SCALAR,
+    ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Decodes only the types CIFAR's files contain: anything else is refused before it can run."""
+
+    def find_class(self, module, name):
+        if (module, name) in _CIFAR_GLOBALS:
+            return _CIFAR_GLOBALS[(module, name)]
+        raise pickle.UnpicklingError(f"it references {module}.{name}, which no CIFAR file contains")
+
+
 def _read_pickle(path: str) -> dict:
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
-    except (OSError, pickle.UnpicklingError, EOFError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from exc
+            batch = _CifarUnpickler(f, encoding="latin1").load()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            KeyError) as exc:
+        raise UserError(f"cannot read {path} as a CIFAR batch file: {exc}; nothing in it was run "
+                        f"(re-download or re-extract the dataset)") from None
+    if not isinstance(batch, dict):
+        raise UserError(f"{path} is not a CIFAR batch file: it holds a {type(batch).__name__}, not a dict "
+                        f"(re-download or re-extract the dataset)")
+    return batch
 
 
 def load_cifar(name: str, data_dir: str, split: str, download: bool = False) -> Tuple[np.ndarray, np.ndarray]:
@@ -85,8 +112,8 @@ def load_cifar(name: str, data_dir: str, split: str, download: bool = False) -> 
         try:
             images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             labels.append(np.asarray(batch[_CIFAR_FILES[name]["label"]], dtype=np.int64))
-        except (KeyError, ValueError) as exc:
-            raise UserError(f"{path} is not a {name} batch file ({exc})") from exc
+        except (KeyError, ValueError, TypeError) as exc:
+            raise UserError(f"{path} is not a {name} batch file ({type(exc).__name__}: {exc})") from None
     return np.concatenate(images), np.concatenate(labels)
 
 

@@ -117,3 +117,48 @@ def test_train_batches_cover_the_split_once_per_epoch_in_seeded_order():
     assert [len(b) for b in first] == [4, 4, 2]
     assert sorted(sum(first, [])) == list(range(10))
     assert first == order(0) and first != order(5)
+
+
+class _Runs:
+    """Unpickling this would create a marker file: a stand-in for code in a crafted dataset file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def write_cifar10(root, test_batch):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    good = {"data": np.zeros((2, 3072), dtype=np.uint8), "labels": [0, 1]}
+    for i in range(1, 6):
+        with open(folder / f"data_batch_{i}", "wb") as f:
+            pickle.dump(good, f)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump(test_batch, f)
+
+
+def test_a_crafted_cifar_file_runs_no_code_and_is_a_one_line_error(tmp_path):
+    marker = tmp_path / "ran"
+    write_cifar10(tmp_path, {"data": _Runs(str(marker)), "labels": [0]})
+    with pytest.raises(UserError, match=r"test_batch as a CIFAR batch file: it references io\.open.*nothing in "
+                                        r"it was run"):
+        load_cifar("CIFAR10", str(tmp_path), "test")
+    assert not marker.exists()
+
+
+def test_a_cifar_file_that_holds_a_list_is_a_one_line_error(tmp_path):
+    write_cifar10(tmp_path, [1, 2, 3])
+    with pytest.raises(UserError, match="test_batch is not a CIFAR batch file: it holds a list, not a dict"):
+        load_cifar("CIFAR10", str(tmp_path), "test")
+    images, labels = load_cifar("CIFAR10", str(tmp_path), "train")  # the good files still read
+    assert images.shape == (10, 3, 32, 32) and labels.tolist() == [0, 1] * 5
+
+
+def test_the_allowed_globals_are_numpys_array_reconstruction_under_both_names():
+    from data.datasets import _CIFAR_GLOBALS
+    assert _CIFAR_GLOBALS[("numpy.core.multiarray", "_reconstruct")] is \
+        _CIFAR_GLOBALS[("numpy._core.multiarray", "_reconstruct")]
+    assert {module for module, _ in _CIFAR_GLOBALS} == {"numpy", "numpy.core.multiarray", "numpy._core.multiarray"}
