@@ -3,6 +3,7 @@ run one protocol's attacks (docs/methods.md section 7) on the test set, check th
 reviewers look for, print a table and write a JSON report."""
 import argparse
 import datetime
+import math
 import os
 import platform
 import shlex
@@ -32,7 +33,7 @@ EPS_SLACK = 1e-6    # float32 rounding of x + delta
 
 
 def build_parser(defaults: Dict, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, allow_abbrev=False)
     p.add_argument("--dataset", default=defaults["dataset"], choices=defaults["datasets"])
     p.add_argument("--model", default="resnet18", help=f"architecture: {', '.join(model_names())}")
     p.add_argument("--model_path", required=True,
@@ -80,6 +81,8 @@ def resolve(cfg: argparse.Namespace) -> argparse.Namespace:
             raise UserError(f"--{flag.replace('_', '-')} is ignored by the authors' evaluation code, and here each "
                             f"protocol fixes its attacks' steps and starts: choose them with --protocol and --attacks "
                             f"(pgd10, pgd20)")
+    if not math.isfinite(cfg.eps) or not math.isfinite(cfg.coeff):
+        raise UserError(f"--eps and --coeff must be finite numbers, got {cfg.eps}, {cfg.coeff}")
     if not cfg.eps > 0:
         raise UserError(f"--eps must be > 0 (in 1/255 units, e.g. 8), got {cfg.eps:g}")
     require_255_units("--eps", cfg.eps, "--eps 8")

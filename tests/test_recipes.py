@@ -132,3 +132,38 @@ def test_per_epoch_pgd10_is_at_8_over_255_whatever_the_training_radius(monkeypat
 def test_a_fraction_where_1_255_units_are_expected_is_refused_with_the_fix(flag):
     with pytest.raises(UserError, match=f"{flag} 0.031 is below 1: {flag} counts 1/255 pixel units.* as {flag} "):
         train_config("DGAD", flag, "0.031")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--lr_max", "nan"), "--lr_max must be a finite number"),
+    (("--lr_max", "-0.1"), "--lr_max must be > 0"),
+    (("--momentum", "1"), r"--momentum must be in \[0, 1\)"),
+    (("--momentum", "-0.5"), r"--momentum must be in \[0, 1\)"),
+    (("--weight_decay=-1e-4",), "--weight_decay must be >= 0"),
+    (("--epsilon", "inf"), "--epsilon must be a finite number"),
+    (("--ALP_beta", "nan"), "--ALP_beta must be a finite number"),
+    (("--lr_decay", "0"), "--lr_decay factors must be finite and > 0"),
+    (("--resume", "--overwrite"), "pass one of them"),
+])
+def test_numeric_flags_are_checked_before_any_work(flags, message):
+    with pytest.raises(UserError, match=message):
+        train_config("DGAD", *flags)
+
+
+def test_prefix_abbreviations_are_off():
+    from helpers import CIFAR_DEFAULTS
+    from training.config import build_parser
+    with pytest.raises(SystemExit):
+        build_parser(CIFAR_DEFAULTS, "test").parse_args(["--eps", "8"])  # not --epsilon
+
+
+def test_the_default_folder_names_every_defining_flag_or_hashes_it():
+    def folder(*flags):
+        from helpers import CIFAR_DEFAULTS
+        from training.config import build_parser, resolve
+        return resolve(build_parser(CIFAR_DEFAULTS, "test").parse_args(["--method", "RSLAD", *flags])).save_dir
+    base = folder()
+    assert base.startswith("checkpoints/CIFAR10/RSLAD/resnet18_T-wideresnet34_10_eps8_k10_a2_bs128_lr0.1_piecewise")
+    assert folder("--test_subset", "100") != base and "test100" in folder("--test_subset", "100")
+    assert folder("--eval_epsilon", "4") != base and folder("--momentum", "0.8") != base
+    assert folder("--eval_bs", "64", "--gpu_id", "1") == base  # operational flags share the folder

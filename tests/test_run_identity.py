@@ -74,12 +74,21 @@ def test_a_replaced_teacher_file_is_noticed(stopped_run, tmp_path, capsys):
     assert checksums(root / "run") == before
 
 
+def test_the_resume_command_is_shell_quoted():
+    from training.cli import resume_command
+    assert resume_command("/x/main.py", ["--save_dir", "my runs/a b", "--overwrite", "--epochs", "2"]) == \
+        "python main.py --save_dir 'my runs/a b' --epochs 2 --resume"
+
+
 def test_operational_flags_and_a_moved_teacher_may_change(stopped_run, tmp_path):
     root, args = stopped_run
+    stale = root / "run" / ".last.pth.x1y2.tmp"  # what a save killed mid-write leaves
+    stale.write_bytes(b"partial")
     moved = tmp_path / "moved.pth"
     shutil.copy(args[args.index("--teacher_path") + 1], moved)
     changed = [str(moved) if a.endswith("teacher.pth") else a for a in args]
     assert cli_run(main_script.DEFAULTS, "test", changed + ["--resume", "--eval_bs", "8", "--nan_policy", "skip"]) == 0
+    assert not stale.exists() and not (root / "run" / ".lock").exists()
 
 
 def test_a_second_process_on_a_busy_run_folder_is_refused_naming_the_holder(tmp_path, real_data_dir):

@@ -1,6 +1,9 @@
 """The training command line, and its resolution into one frozen `Config` per run."""
 import argparse
 import dataclasses
+import hashlib
+import json
+import math
 import os
 import types
 from dataclasses import dataclass
@@ -78,7 +81,8 @@ def readers_and_defaults(name: str, users) -> str:
 
 
 def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    # No prefix abbreviations: --eps must not silently mean --epsilon.
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, allow_abbrev=False)
     g = p.add_argument_group("run")
     g.add_argument("--dataset", default=prog_defaults["dataset"], choices=prog_defaults["datasets"])
     g.add_argument("--model", default="resnet18", help=f"student: {', '.join(model_names())}")
@@ -163,6 +167,13 @@ def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentPars
     return p
 
 
+# Flags that change where a run's files go or how fast it runs, not what it computes: a resume may
+# change them, and they are not part of the default folder's name. Every other setting defines the run.
+OPERATIONAL_FLAGS = frozenset({
+    "save_dir", "resume", "overwrite", "stop_after", "gpu_id", "eval_bs", "nan_policy", "data_dir", "download",
+    "deterministic", "channels_last", "compile", "teacher_path", "recipe_overrides"})
+
+
 def default_save_dir(args, method_options) -> str:
     parts = [args.model]
     if get_method(args.method).needs_teacher:
@@ -177,9 +188,18 @@ def default_save_dir(args, method_options) -> str:
         parts.append(args.recipe)
     if args.train_subset:
         parts.append(f"sub{args.train_subset}")
+    if args.test_subset:
+        parts.append(f"test{args.test_subset}")
     if args.precision != "fp32":
         parts.append(args.precision)
     parts.append(f"seed{args.seed}")
+    # Every other defining setting, in a short hash: two runs that compute different things never
+    # share a default folder.
+    defining = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(Config)
+                if f.name not in OPERATIONAL_FLAGS | {"options", "recipe_source"}}
+    defining.update({name: getattr(args, name) for name in method_options})
+    digest = hashlib.sha256(json.dumps(defining, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    parts.append(digest)
     return os.path.join("checkpoints", args.dataset, args.method, "_".join(parts))
 
 
@@ -221,6 +241,25 @@ def apply_recipe(args: argparse.Namespace, method) -> Recipe:
     return recipe
 
 
+def check_numbers(args: argparse.Namespace, options) -> None:
+    """Every numeric setting finite and in its range, before any work starts."""
+    floats = ["epsilon", "step_size", "eval_epsilon", "eval_step_size", "lr_max", "momentum", "weight_decay"]
+    floats += [name for name in options if isinstance(getattr(args, name), float)]
+    for flag in floats:
+        if not math.isfinite(getattr(args, flag)):
+            raise UserError(f"--{flag} must be a finite number, got {getattr(args, flag)}")
+    if not all(math.isfinite(d) and d > 0 for d in args.lr_decay):
+        raise UserError(f"--lr_decay factors must be finite and > 0, got {', '.join(map(str, args.lr_decay))}")
+    if args.lr_max <= 0:
+        raise UserError(f"--lr_max must be > 0, got {args.lr_max:g}")
+    if not 0 <= args.momentum < 1:
+        raise UserError(f"--momentum must be in [0, 1), got {args.momentum:g}")
+    if args.weight_decay < 0:
+        raise UserError(f"--weight_decay must be >= 0, got {args.weight_decay:g}")
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues the run in --save_dir and --overwrite replaces it: pass one of them")
+
+
 def recipe_line(config: Config) -> str:
     """The resolved recipe, as a run prints it at start."""
     schedule = (f"x{'/'.join(f'{d:g}' for d in config.lr_decay)} after epochs "
@@ -252,6 +291,9 @@ def resolve(args: argparse.Namespace) -> Config:
             raise UserError(f"--{name} is not used by --method {args.method} (it is an option of "
                             f"{', '.join(users)}); remove it")
     recipe = apply_recipe(args, method)
+    if args.lr_max is None:
+        args.lr_max = DEFAULT_LR.get(args.model, 0.1)
+    check_numbers(args, own)
     if args.epsilon < 0 or args.step_size < 0:
         raise UserError(f"--epsilon and --step_size must be >= 0 (got {args.epsilon:g}, {args.step_size:g})")
     for flag in ("epsilon", "step_size", "eval_epsilon", "eval_step_size"):
@@ -267,8 +309,6 @@ def resolve(args: argparse.Namespace) -> Config:
     for flag in ("train_subset", "test_subset", "stop_after"):
         if getattr(args, flag) < 0:
             raise UserError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
-    if args.lr_max is None:
-        args.lr_max = DEFAULT_LR.get(args.model, 0.1)
     if method.needs_teacher and args.teacher_path is None:
         args.teacher_path = os.path.join("checkpoints", "teachers", args.dataset, f"{args.teacher_model}.pth")
     if not method.needs_teacher:

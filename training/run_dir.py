@@ -16,19 +16,17 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from runtime.checkpoints import atomic_save, atomic_write_json, atomic_write_text, safe_load
 from runtime.errors import UserError
 
+from .config import OPERATIONAL_FLAGS
 from .networks import Trainee
 
 CHECKPOINT_FILES = ("last.pth", "best_PGD10_acc_model.pth", "best_clean_acc_model.pth", "results.csv")
 LOCK_FILE = ".lock"  # exists while a process holds the run folder; says which one
 RESULT_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "test_clean_acc", "test_PGD10_acc",
                  "test_variance_gap", "epoch_seconds", "images_per_second"]
-# Settings that change where a run's files go or how fast it runs, not what it computes: a resume
-# may change them. Every other entry of the run's record (each flag, the teacher's sha256, the
-# image counts) defines the run, and a resume that changes one is refused.
-OPERATIONAL = frozenset({
-    "save_dir", "resume", "overwrite", "stop_after", "gpu_id", "eval_bs", "nan_policy", "data_dir", "download",
-    "deterministic", "channels_last", "compile", "teacher_path", "recipe_overrides", "recipe_source",
-    "git_commit", "torch_version", "device", "paper", "summary"})
+# A resume may change the operational flags and the provenance of the code it runs on. Every other
+# entry of the run's record (each flag, the teacher's sha256, the image counts) defines the run, and
+# a resume that changes one is refused.
+OPERATIONAL = OPERATIONAL_FLAGS | {"recipe_source", "git_commit", "torch_version", "device", "paper", "summary"}
 
 
 def identity_differences(saved: Dict, record: Dict) -> List[str]:
@@ -117,6 +115,10 @@ class RunDirectory:
             if same_file:
                 break
             os.close(fd)  # its holder removed it while we opened it: take the new one
+        for name in os.listdir(self.root):  # what a killed save left: no process writes here but this one
+            if name.startswith(".") and name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    os.unlink(self.file(name))
         started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         holder = f"pid {os.getpid()} on {socket.gethostname()} since {started}: {shlex.join(sys.argv)}"
         os.ftruncate(fd, 0)
