@@ -1,7 +1,10 @@
 """Train a robust student on CIFAR-10/100: python main.py --method DGAD ... (see README.md)."""
 import sys
 
-from training.cli import main
+try:
+    from training.cli import main
+except KeyboardInterrupt:  # Ctrl-C while torch imports: no traceback
+    sys.exit(130)
 
 DEFAULTS = {"dataset": "CIFAR10", "datasets": ["CIFAR10", "CIFAR100"], "teacher_model": "wideresnet34_10"}
 

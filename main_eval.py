@@ -1,7 +1,10 @@
 """Evaluate a CIFAR-10/100 checkpoint's robustness: python main_eval.py --model resnet18 --model_path ... (see README.md)."""
 import sys
 
-from evaluation.cli import main
+try:
+    from evaluation.cli import main
+except KeyboardInterrupt:  # Ctrl-C while torch imports: no traceback
+    sys.exit(130)
 
 DEFAULTS = {"dataset": "CIFAR10", "datasets": ["CIFAR10", "CIFAR100"]}
 

@@ -1,7 +1,10 @@
 """Evaluate a Tiny ImageNet checkpoint's robustness: python main_eval_tinyimagenet.py --model resnet18 --model_path ... (see README.md)."""
 import sys
 
-from evaluation.cli import main
+try:
+    from evaluation.cli import main
+except KeyboardInterrupt:  # Ctrl-C while torch imports: no traceback
+    sys.exit(130)
 
 DEFAULTS = {"dataset": "Tiny_Image", "datasets": ["Tiny_Image"]}
 

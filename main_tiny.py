@@ -1,7 +1,10 @@
 """Train a robust student on Tiny ImageNet: python main_tiny.py --method DGAD ... (see README.md)."""
 import sys
 
-from training.cli import main
+try:
+    from training.cli import main
+except KeyboardInterrupt:  # Ctrl-C while torch imports: no traceback
+    sys.exit(130)
 
 DEFAULTS = {"dataset": "Tiny_Image", "datasets": ["Tiny_Image"], "teacher_model": "presnet18"}
 

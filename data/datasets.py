@@ -121,8 +121,11 @@ def _decode_jpegs(paths: List[str], size: int) -> np.ndarray:
     from PIL import Image
     out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
     for i, path in enumerate(paths):
-        with Image.open(path) as img:
-            arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        try:
+            with Image.open(path) as img:
+                arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for truncated or foreign files
+            raise UserError(f"cannot decode {path}: {exc} (re-extract the dataset)") from None
         if arr.shape != (size, size, 3):
             raise UserError(f"{path}: expected a {size}x{size} image, got {arr.shape[1]}x{arr.shape[0]}")
         out[i] = arr.transpose(2, 0, 1)

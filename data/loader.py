@@ -20,17 +20,20 @@ class Split:
         return self.labels.shape[0]
 
 
-def load_split(dataset: str, data_dir: str, split: str, device, subset: int = 0, download: bool = False) -> Split:
-    """Read a split into device memory; `subset` > 0 keeps its first `subset` images."""
+def load_split(dataset: str, data_dir: str, split: str, device, subset: int = 0, download: bool = False,
+               subset_flag: str = "") -> Split:
+    """Read a split into device memory; `subset` > 0 keeps its first `subset` images. `subset_flag`
+    names the flag that set it in messages (default --<split>_subset)."""
+    subset_flag = subset_flag or f"--{split}_subset"
     if subset < 0:
-        raise UserError(f"--{split}_subset must be >= 0 (0 = whole split), got {subset}")
+        raise UserError(f"{subset_flag} must be >= 0 (0 = whole split), got {subset}")
     info = dataset_info(dataset)
     if info.name == "Tiny_Image":
         images, labels = load_tiny_imagenet(data_dir, split, limit=subset)
     else:
         images, labels = load_cifar(info.name, data_dir, split, download=download)
     if subset > len(labels):
-        warn(f"--{split}_subset {subset} is larger than the {split} split ({len(labels)} images); using all of it")
+        warn(f"{subset_flag} {subset} is larger than the {split} split ({len(labels)} images); using all of it")
     if subset:
         images, labels = images[:subset], labels[:subset]
     if labels.min() < 0 or labels.max() >= info.num_classes:

@@ -14,8 +14,8 @@ MASKING_GAP = 10.0  # AutoAttack this many points below PGD suggests masked grad
 
 
 def model_checks(model: nn.Module, split: Split, batch_size: int) -> Dict:
-    """On the first batch: is the forward deterministic in eval mode (no dropout or randomised
-    defence left on), and how many examples have an exactly zero input gradient."""
+    """On the first batch: are the outputs finite, is the forward deterministic in eval mode (no
+    dropout or randomised defence left on), and how many examples have an exactly zero input gradient."""
     x = to_float(split.images[:batch_size])
     y = split.labels[:batch_size]
     with module_mode(model, False):
@@ -25,7 +25,8 @@ def model_checks(model: nn.Module, split: Split, batch_size: int) -> Dict:
         with torch.enable_grad():
             (grad,) = torch.autograd.grad(ce_sum(model(x), y), [x])
     zero = (grad.flatten(1).abs().sum(1) == 0).sum().item()
-    return {"deterministic_forward": bool(torch.allclose(first, second, rtol=1e-5, atol=1e-6)),
+    return {"finite_outputs": bool(torch.isfinite(first).all()),
+            "deterministic_forward": bool(torch.allclose(first, second, rtol=1e-5, atol=1e-6, equal_nan=True)),
             "zero_gradient_examples": int(zero), "zero_gradient_checked": int(y.shape[0])}
 
 

@@ -17,7 +17,7 @@ import torch.nn as nn
 from attacks import PAPER_CW_L2
 from data import Split, dataset_info, load_split
 from models import build_model, is_known_model, model_names
-from runtime.checkpoints import atomic_write_json, load_weights, safe_load, sha256_of
+from runtime.checkpoints import atomic_write_json, build_checked, load_weights, safe_load, sha256_of
 from runtime.device import device_name, git_commit, resolve_device, seed_everything
 from runtime.errors import UserError, exit_on_user_error, require_255_units, warn
 from runtime.help import HelpFormatter
@@ -119,7 +119,7 @@ def load_model(cfg, num_classes: int) -> Tuple[nn.Module, Dict]:
         config = payload.get("config")
         if isinstance(config, dict) and isinstance(config.get("method"), str):
             meta["method"] = config["method"]
-    model = build_model(cfg.model, num_classes)
+    model = build_checked(build_model, cfg.model, num_classes, "--model")
     load_weights(model, payload, name=cfg.model, path=cfg.model_path)
     return model, meta
 
@@ -166,7 +166,7 @@ def evaluate(cfg) -> Dict:
     sha256 = sha256_of(cfg.model_path)
     identity = {"dataset": cfg.dataset, "model": cfg.model, "protocol": cfg.protocol, "eps": cfg.eps / 255}
     seed_everything(cfg.seed)
-    split = load_split(cfg.dataset, cfg.data_dir, "test", device, cfg.n_ex, cfg.download)
+    split = load_split(cfg.dataset, cfg.data_dir, "test", device, cfg.n_ex, cfg.download, subset_flag="--n_ex")
     identity["n_examples"] = len(split)
     split_name = "val" if cfg.dataset == "Tiny_Image" else "test"  # Tiny ImageNet's labelled held-out set
     previous = report_to_extend(cfg, identity, sha256)
@@ -191,6 +191,9 @@ def evaluate(cfg) -> Dict:
 
     checks = dict(model_checks(model, split, cfg.bs), eval_mode=True)
     warnings = []
+    if not checks["finite_outputs"]:
+        warnings.append("the model's outputs are not finite (NaN or inf) on the first batch: the checkpoint's "
+                        "weights are broken (a diverged run?), so every accuracy below is meaningless")
     if not checks["deterministic_forward"]:
         warnings.append("two eval-mode forward passes on the same batch differ: the model is randomised "
                         "(dropout or a random defence?); use AutoAttack's 'rand' version, these numbers are unreliable")

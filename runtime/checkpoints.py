@@ -75,22 +75,58 @@ def sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
+def _looks_like(path: str) -> str:
+    """What a file that is not a torch.save file seems to be, for the error message."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    stripped = head.lstrip()
+    if stripped[:1] in (b"{", b"["):
+        return "it looks like JSON (an evaluation report?)"
+    try:
+        head.decode("utf-8")
+        return "it looks like a text file"
+    except UnicodeDecodeError:
+        return "its bytes are not a torch.save file"
+
+
 def safe_load(path: str, map_location="cpu") -> Any:
     """torch.load with weights_only=True, every failure a one-line UserError."""
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a directory, not a checkpoint file; pass the .pth file in it "
+                        f"(e.g. {os.path.join(path, 'best_PGD10_acc_model.pth')})")
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        what = f"it references {found.group(1)}" if found else "it is not a plain tensor file"
+        if not found:
+            raise UserError(f"{path} is not a checkpoint: {_looks_like(path)}") from None
         raise UserError(
-            f"refused to load {path}: {what}, which needs arbitrary code to unpickle; "
+            f"refused to load {path}: it references {found.group(1)}, which needs arbitrary code to unpickle; "
             "only tensors and plain containers are accepted (weights_only=True), and nothing in it was run. "
-            "Re-save it as a plain state dict: torch.save(model.state_dict(), path)") from exc
+            "Re-save it as a plain state dict: torch.save(model.state_dict(), path)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise UserError(f"cannot read {path}: the file is truncated or corrupt "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else 'no detail'})") from exc
+        with open(path, "rb") as f:
+            zip_start = f.read(4) == b"PK\x03\x04"  # torch.save's container: a damaged checkpoint
+        if zip_start or isinstance(exc, EOFError):
+            raise UserError(f"cannot read {path}: the file is truncated or corrupt ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:160] if str(exc) else 'no detail'})") from None
+        raise UserError(f"{path} is not a checkpoint: {_looks_like(path)}") from None
+    except Exception:  # a legacy-format unpickler fed bytes that are not a pickle (KeyError, TypeError ...)
+        raise UserError(f"{path} is not a checkpoint: {_looks_like(path)}") from None
+
+
+def build_checked(build, name: str, num_classes: int, flag: str):
+    """build(name, num_classes), with an allocation failure (a network too wide or deep for this
+    machine's memory) turned into a one-line error naming the flag."""
+    try:
+        return build(name, num_classes)
+    except (RuntimeError, MemoryError) as exc:
+        if isinstance(exc, MemoryError) or "allocate" in str(exc):
+            raise UserError(f"{flag} {name} is too large to allocate on this machine "
+                            f"({str(exc).splitlines()[0][-120:]}); choose a smaller depth or width") from None
+        raise
 
 
 def extract_state_dict(obj: Any, source: str = "checkpoint") -> Dict[str, torch.Tensor]:

@@ -162,3 +162,16 @@ def test_the_allowed_globals_are_numpys_array_reconstruction_under_both_names():
     assert _CIFAR_GLOBALS[("numpy.core.multiarray", "_reconstruct")] is \
         _CIFAR_GLOBALS[("numpy._core.multiarray", "_reconstruct")]
     assert {module for module, _ in _CIFAR_GLOBALS} == {"numpy", "numpy.core.multiarray", "numpy._core.multiarray"}
+
+
+def test_a_truncated_tiny_imagenet_jpeg_is_a_one_line_error(tmp_path):
+    from PIL import Image
+    root = tmp_path / "tiny-imagenet-200"
+    images = root / "train" / "n01443537" / "images"
+    images.mkdir(parents=True)
+    (root / "wnids.txt").write_text("n01443537\n")
+    Image.fromarray(np.full((64, 64, 3), 128, dtype=np.uint8)).save(images / "a.JPEG")
+    whole = (images / "a.JPEG").read_bytes()
+    (images / "b.JPEG").write_bytes(whole[:len(whole) // 3])
+    with pytest.raises(UserError, match=r"cannot decode .*b\.JPEG: .*re-extract the dataset"):
+        load_tiny_imagenet(str(tmp_path), "train")

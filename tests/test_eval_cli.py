@@ -201,11 +201,18 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(real_data_dir, tmp_pat
     torch.save(build_model("wideresnet16_1", 10).state_dict(), other_arch)
     hundred = tmp_path / "c100.pth"
     torch.save(build_model(MODEL, 100).state_dict(), hundred)
+    text = tmp_path / "notes.txt"
+    text.write_text("a note\n")
+    report = tmp_path / "report.data"
+    report.write_text('{"format": "advkd-eval/1"}')
     labelled = tmp_path / "labelled.pth"
     torch.save({"net": weights, "arch": "resnet18"}, labelled)
     cases = [
         (["--model_path", str(tmp_path / "missing.pth")], "checkpoint not found"),
-        (["--model_path", str(corrupt)], "corrupt"),
+        (["--model_path", str(corrupt)], "is not a checkpoint: its bytes are not a torch.save file"),
+        (["--model_path", str(text)], "is not a checkpoint: it looks like a text file"),
+        (["--model_path", str(report)], "is not a checkpoint: it looks like JSON"),
+        (["--model_path", str(tmp_path)], "is a directory, not a checkpoint file"),
         (["--model_path", str(other_arch)], "does not fit architecture"),
         (["--model_path", str(hundred)], "100 classes"),
         (["--model_path", str(labelled)], "saved for --model resnet18"),
@@ -221,7 +228,9 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(real_data_dir, tmp_pat
     for args, expected in cases:
         assert expected in failure(capsys, real_data_dir, *args), args
     assert "unknown --model" in failure(capsys, real_data_dir, "--model_path", checkpoint, model="wideresnet11_1")
-    assert not [f for f in os.listdir(tmp_path) if f.endswith(".json")]
+    assert "is too large to allocate" in failure(capsys, real_data_dir, "--model_path", str(other_arch),
+                                                 model="wideresnet34_100000")
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".json") and f != "notes.json"]
     foreign = tmp_path / "notes.json"
     foreign.write_text("[1, 2]")
     assert "not an evaluation report" in failure(capsys, real_data_dir, "--model_path", checkpoint,
@@ -236,3 +245,16 @@ def test_entry_scripts_exit_2_on_bad_input_without_a_traceback(tmp_path, checkpo
         assert result.returncode == 2, result.stderr
         assert result.stderr.strip().splitlines()[-1].startswith("error: unknown attack 'bogus'")
         assert "Traceback" not in result.stderr
+
+
+def test_non_finite_outputs_and_a_too_large_n_ex_are_said(real_data_dir, tmp_path, weights, capsys):
+    broken = {k: (torch.full_like(v, float("nan")) if k == "fc.weight" else v) for k, v in weights.items()}
+    path = tmp_path / "nan.pth"
+    torch.save(broken, path)
+    assert evaluate(real_data_dir, "--model_path", str(path), "--attacks", "natural", "--n_ex", "8") == 0
+    assert "outputs are not finite (NaN or inf)" in capsys.readouterr().err
+    assert load(f"{path}.eval.paper.json")["checks"]["finite_outputs"] is False
+    good = tmp_path / "good.pth"
+    torch.save(weights, good)
+    assert evaluate(real_data_dir, "--model_path", str(good), "--attacks", "natural", "--n_ex", "20000") == 0
+    assert "--n_ex 20000 is larger than the test split (10000 images)" in capsys.readouterr().err

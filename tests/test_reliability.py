@@ -227,11 +227,18 @@ def bad_input_cases(tmp_path, real_data_dir, teacher):
     truncated.write_bytes(open(teacher, "rb").read()[:5000])
     a_file = tmp_path / "a_file"
     a_file.write_text("")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a checkpoint\n")
     (tmp_path / "tiny" / "tiny-imagenet-200").mkdir(parents=True)
     (tmp_path / "tiny" / "tiny-imagenet-200" / "wnids.txt").write_text("n01443537\n")
     return {
         "missing teacher": (["--teacher_path", str(tmp_path / "nope.pth")], "teacher checkpoint not found"),
-        "teacher is a folder": (["--teacher_path", str(tmp_path)], "teacher checkpoint not found"),
+        "teacher is a folder": (["--teacher_path", str(tmp_path)], "is a directory, not a checkpoint file"),
+        "text teacher": (["--teacher_path", str(notes)], "is not a checkpoint: it looks like a text file"),
+        "too large a model": (["--model", "wideresnet34_100000"], "--model wideresnet34_100000 is too large to "
+                                                                 "allocate"),
+        "fraction epsilon": (["--epsilon", "0.031"], "--epsilon 0.031 is below 1"),
+        "nan lr": (["--lr_max", "nan"], "--lr_max must be a finite number"),
         "other architecture": (["--teacher_path", str(other_arch)], "does not fit architecture teacher wideresnet10_1"),
         "other class count": (["--teacher_path", str(other_classes)], "is for 100 classes but teacher .* 10"),
         "truncated": (["--teacher_path", str(truncated)], "truncated or corrupt"),

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from methods import Method, method_names
 from models import build_model
-from runtime.checkpoints import load_weights
+from runtime.checkpoints import build_checked, load_weights
 from runtime.device import capture_rng_state, make_generator, restore_rng_state
 from runtime.errors import UserError
 from runtime.precision import prepare_model
@@ -31,6 +31,9 @@ def teacher_missing_message(teacher_model: str, teacher_path: str, dataset: str)
 
 
 def require_teacher_file(config) -> None:
+    if os.path.isdir(config.teacher_path):
+        raise UserError(f"--teacher_path {config.teacher_path} is a directory, not a checkpoint file; pass the "
+                        f"teacher's .pth file")
     if not os.path.isfile(config.teacher_path):
         raise UserError(teacher_missing_message(config.teacher_model, config.teacher_path, config.dataset))
 
@@ -44,7 +47,7 @@ def load_teacher(teacher_model: str, teacher_path: str, dataset: str, num_classe
     """The teacher with its checkpoint's weights, on `device`, frozen."""
     if not os.path.isfile(teacher_path):
         raise UserError(teacher_missing_message(teacher_model, teacher_path, dataset))
-    teacher = build_model(teacher_model, num_classes)
+    teacher = build_checked(build_model, teacher_model, num_classes, "--teacher_model")
     load_weights(teacher, teacher_path, name=f"teacher {teacher_model}", path=teacher_path)
     return frozen(teacher.to(device))
 
@@ -78,7 +81,7 @@ class Trainee:
 
 
 def build_trainee(config, method: Method, num_classes: int, device: torch.device) -> Trainee:
-    student = build_model(config.model, num_classes).to(device)
+    student = build_checked(build_model, config.model, num_classes, "--model").to(device)
     teacher = None
     if method.needs_teacher:
         teacher = load_teacher(config.teacher_model, config.teacher_path, config.dataset, num_classes, device)
