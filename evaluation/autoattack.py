@@ -5,7 +5,7 @@ and records what it ran from the package's own log."""
 import importlib.metadata
 import logging
 import re
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -27,12 +27,16 @@ def pyautoattack_version() -> Optional[str]:
 
 
 class _Collect(logging.Handler):
-    def __init__(self):
+    def __init__(self, on_stage: Optional[Callable[[str], None]] = None):
         super().__init__(logging.DEBUG)
         self.records: List[logging.LogRecord] = []
+        self.on_stage = on_stage
 
     def emit(self, record):
         self.records.append(record)
+        running = _RUNNING.match(record.getMessage())
+        if running and self.on_stage is not None:
+            self.on_stage(running.group(1))
 
 
 class StandardAutoAttack:
@@ -57,6 +61,7 @@ class StandardAutoAttack:
         self.warnings: List[str] = []
         self._instance = None
         self._model = None
+        self.on_stage: Optional[Callable[[str], None]] = None  # told each attack's name as it starts
 
     def _autoattack(self, model: nn.Module):
         if self._model is not model:
@@ -69,7 +74,7 @@ class StandardAutoAttack:
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         autoattack = self._autoattack(model)
         logger = logging.getLogger(LOGGER_NAME)
-        handler, level, propagate = _Collect(), logger.level, logger.propagate
+        handler, level, propagate = _Collect(self.on_stage), logger.level, logger.propagate
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
         logger.propagate = False  # its per-batch debug lines are summarised here, not printed

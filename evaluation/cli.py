@@ -21,6 +21,7 @@ from runtime.checkpoints import atomic_write_json, build_checked, load_weights, 
 from runtime.device import device_name, git_commit, resolve_device, seed_everything
 from runtime.errors import UserError, exit_on_user_error, require_255_units, warn
 from runtime.help import HelpFormatter
+from runtime.progress import Progress
 
 from .accuracy import FeatureMoments, attack_accuracy
 from .autoattack import pyautoattack_version
@@ -34,7 +35,8 @@ EPS_SLACK = 1e-6    # float32 rounding of x + delta
 
 def build_parser(defaults: Dict, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, allow_abbrev=False)
-    p.add_argument("--dataset", default=defaults["dataset"], choices=defaults["datasets"])
+    p.add_argument("--dataset", default=defaults["dataset"], choices=defaults["datasets"],
+                   help="the dataset whose test split is evaluated (read from --data_dir)")
     p.add_argument("--model", default="resnet18", help=f"architecture: {', '.join(model_names())}")
     p.add_argument("--model_path", required=True,
                    help="checkpoint: a state dict, or a dict holding one under 'net', 'state_dict' or 'model'; "
@@ -127,16 +129,16 @@ def load_model(cfg, num_classes: int) -> Tuple[nn.Module, Dict]:
 # -- running ---------------------------------------------------------------------------------------
 
 def run_attack(name: str, model: nn.Module, split: Split, cfg, device, moments: Optional[FeatureMoments]):
-    from tqdm import tqdm
     eps = cfg.eps / 255
     attack = build_attack(name, eps, cfg.seed, device, cw_c=cfg.coeff)
     inspected = Inspected(attack) if attack is not None else None
-    bar = tqdm(total=len(split), desc=TITLES[name], unit="img", leave=False, dynamic_ncols=True,
-               disable=not sys.stderr.isatty())
     start = time.perf_counter()
-    accuracy = attack_accuracy(model, split, cfg.bs, attack=inspected, progress=bar.update, moments=moments)
+    with Progress(len(split), TITLES[name]) as progress:
+        if name == "aa":  # one batch can take many minutes: say which of its attacks is running
+            attack.on_stage = lambda stage: progress.note(f"batch at {progress.done}: running {stage}")
+        accuracy = attack_accuracy(model, split, cfg.bs, attack=inspected, progress=progress.update,
+                                   moments=moments)
     seconds = time.perf_counter() - start
-    bar.close()
     params = attack_settings(name, eps, cfg.seed, cfg.bs, cw_c=cfg.coeff)
     if name == "aa":
         params.update(attack.describe())

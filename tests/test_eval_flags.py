@@ -56,3 +56,11 @@ def test_a_report_never_replaces_a_checkpoint_or_a_foreign_file(tmp_path):
             resolve(args)
     assert model.read_bytes() == b"weights" and other.read_bytes() == b"weights" and notes.read_text() == "[1, 2]"
     assert not (tmp_path / "new.pth").exists()
+
+
+def test_every_flag_of_both_command_lines_explains_itself():
+    import main
+    from training.config import build_parser as training_parser
+    for parser in (training_parser(main.DEFAULTS, "test"), build_parser(main_eval.DEFAULTS, "test")):
+        silent = [a.option_strings for a in parser._actions if not a.help and a.option_strings]
+        assert silent == []

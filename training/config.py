@@ -84,7 +84,8 @@ def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentPars
     # No prefix abbreviations: --eps must not silently mean --epsilon.
     p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, allow_abbrev=False)
     g = p.add_argument_group("run")
-    g.add_argument("--dataset", default=prog_defaults["dataset"], choices=prog_defaults["datasets"])
+    g.add_argument("--dataset", default=prog_defaults["dataset"], choices=prog_defaults["datasets"],
+                   help="the dataset to train on (read from --data_dir)")
     g.add_argument("--model", default="resnet18", help=f"student: {', '.join(model_names())}")
     g.add_argument("--method", default="DGAD",
                    help=f"one of: {', '.join(method_names())} (VarGap is an approximate re-implementation "
@@ -122,9 +123,11 @@ def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentPars
                         "weight decay 5e-4, epsilon 8, step 2, bs 128)")
 
     g = p.add_argument_group("attack (epsilon and step size in 1/255 pixel units)")
-    g.add_argument("--epsilon", type=float, default=None, help="L-inf radius of the training attack (recipe)")
-    g.add_argument("--num_steps", type=int, default=10)
-    g.add_argument("--step_size", type=float, default=None, help="step of the training attack (recipe)")
+    g.add_argument("--epsilon", type=float, default=None,
+                   help="L-inf radius of the training attack, in 1/255 units: 8 means 8/255 (recipe)")
+    g.add_argument("--num_steps", type=int, default=10, help="PGD steps K of the training attack")
+    g.add_argument("--step_size", type=float, default=None,
+                   help="step of the training attack, in 1/255 units (recipe)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=None, help="number of epochs (recipe)")
@@ -138,8 +141,8 @@ def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentPars
                         "when --epochs differs from the recipe's, its milestones scale with it)")
     g.add_argument("--lr_decay", default=None,
                    help="piecewise: the factor at each milestone, one value or one per milestone (default 0.1)")
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight_decay", type=float, default=None, help="on every parameter (recipe)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum, in [0, 1)")
+    g.add_argument("--weight_decay", type=float, default=None, help="SGD weight decay on every parameter (recipe)")
     g.add_argument("--eval_bs", type=int, default=1024,
                    help="batch size of the per-epoch test evaluation; halved on a CUDA out-of-memory error")
     g.add_argument("--eval_epsilon", type=float, default=8,

@@ -11,7 +11,6 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 from data import Split, TrainBatches, dataset_info, load_split
 from evaluation.accuracy import FeatureMoments, attack_accuracy, pgd_ce_attack
@@ -19,6 +18,7 @@ from methods import Method, configure, training_step
 from runtime.checkpoints import sha256_of
 from runtime.device import configure_determinism, device_name, git_commit, resolve_device, seed_everything
 from runtime.precision import autocast_factory, prepare_batch
+from runtime.progress import Progress
 
 from .config import recipe_line
 from .finite import FiniteCheck
@@ -72,7 +72,7 @@ def fit(config) -> RunState:
 
                 eval_start = time.perf_counter()
                 (clean, robust, variance_gap), eval_bs = evaluate(trainee.student, test_split, eval_bs, eval_attack,
-                                                                  config.channels_last)
+                                                                  config.channels_last, f"epoch {epoch} evaluation")
                 row = results_row(epoch, lr, stats, clean, robust, variance_gap, time.perf_counter() - eval_start)
                 state.history.append(row)
                 state.epoch = epoch
@@ -160,46 +160,45 @@ def train_one_epoch(method: Method, trainee: Trainee, batches: TrainBatches, epo
         data_stream.set_state(epoch_start_data)
         totals = EpochTotals(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in resume_at["totals"].items()})
     start = time.perf_counter() - totals.seconds
-    bar = tqdm(total=len(batches.split), initial=totals.seen, desc=f"epoch {epoch}/{config.epochs}", unit="img",
-               leave=False, disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    progress = Progress(len(batches.split), f"epoch {epoch}/{config.epochs}", initial=totals.seen)
     pending_check, skipped = None, 0
-    for step, (x, y) in enumerate(batches):
-        if step < done:
-            continue  # replayed only to advance the data stream exactly as the interrupted run did
-        x = prepare_batch(x, config.channels_last)
-        terms, out = training_step(method, trainee.student, trainee.teacher, x, y, epoch,
-                                   generator=trainee.generators["attack"], autocast=autocast, extra=trainee.extra)
-        loss = terms["loss"]
-        finite = torch.isfinite(loss.detach())
-        if config.nan_policy == "skip":
-            if not finite.item():  # the host must decide before the update: one sync per step
-                skipped += 1
-                continue
-        elif pending_check is not None:
-            pending_check.check()  # the previous step's flag: no wait on the step just queued
-        trainee.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        trainee.optimizer.step()
-        if config.nan_policy == "stop":
-            pending_check = FiniteCheck(finite, epoch, step + 1)
-        n = y.shape[0]
-        totals.seen += n
-        totals.loss += loss.detach() * n
-        totals.correct += (out.trained_logits.detach().argmax(1) == y).sum()
-        if method.parts:
-            totals.parts += torch.stack([terms[name].detach().float() for name in method.parts]) * n
-        bar.update(n)
-        if not bar.disable and step % 20 == 0:  # one host sync per 20 steps, for the display only
-            bar.set_postfix(loss=f"{(totals.loss / totals.seen).item():.4f}")
-        if stop.signal_name is not None:
-            if pending_check is not None:
-                pending_check.check()
-            totals.seconds = time.perf_counter() - start
-            cursor = {"epoch": epoch, "step": step + 1, "data_stream": epoch_start_data, "totals": totals.as_dict()}
-            return EpochStats(0.0, 0.0, {}, totals.seen, totals.seconds, skipped, unfinished=cursor)
+    with progress:
+        for step, (x, y) in enumerate(batches):
+            if step < done:
+                continue  # replayed only to advance the data stream exactly as the interrupted run did
+            x = prepare_batch(x, config.channels_last)
+            terms, out = training_step(method, trainee.student, trainee.teacher, x, y, epoch,
+                                       generator=trainee.generators["attack"], autocast=autocast, extra=trainee.extra)
+            loss = terms["loss"]
+            finite = torch.isfinite(loss.detach())
+            if config.nan_policy == "skip":
+                if not finite.item():  # the host must decide before the update: one sync per step
+                    skipped += 1
+                    continue
+            elif pending_check is not None:
+                pending_check.check()  # the previous step's flag: no wait on the step just queued
+            trainee.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            trainee.optimizer.step()
+            if config.nan_policy == "stop":
+                pending_check = FiniteCheck(finite, epoch, step + 1)
+            n = y.shape[0]
+            totals.seen += n
+            totals.loss += loss.detach() * n
+            totals.correct += (out.trained_logits.detach().argmax(1) == y).sum()
+            if method.parts:
+                totals.parts += torch.stack([terms[name].detach().float() for name in method.parts]) * n
+            progress.update(n)
+            if progress.bar is not None and step % 20 == 0:  # one host sync per 20 steps, for the display only
+                progress.note(f"loss {(totals.loss / totals.seen).item():.4f}")
+            if stop.signal_name is not None:
+                if pending_check is not None:
+                    pending_check.check()
+                totals.seconds = time.perf_counter() - start
+                cursor = {"epoch": epoch, "step": step + 1, "data_stream": epoch_start_data, "totals": totals.as_dict()}
+                return EpochStats(0.0, 0.0, {}, totals.seen, totals.seconds, skipped, unfinished=cursor)
     if pending_check is not None:
         pending_check.check()
-    bar.close()
     seen = max(totals.seen, 1)
     means = (totals.parts / seen).tolist()
     return EpochStats((totals.loss / seen).item(), 100.0 * totals.correct.item() / seen,
@@ -228,14 +227,17 @@ def halving_on_oom(measure: Callable[[int], Tuple], batch_size: int) -> Tuple[Tu
             print(f"evaluation ran out of GPU memory: --eval_bs lowered to {batch_size}", file=sys.stderr)
 
 
-def evaluate(student: nn.Module, split: Split, batch_size: int, attack: Callable,
-             channels_last: bool = False) -> Tuple[Tuple[float, float, float], int]:
+def evaluate(student: nn.Module, split: Split, batch_size: int, attack: Callable, channels_last: bool = False,
+             desc: str = "evaluation") -> Tuple[Tuple[float, float, float], int]:
     """Clean and PGD-10 accuracy, and the student's variance gap tr Cov(f(x')) - tr Cov(f(x))
     (docs/methods.md section 7.4) from the features of the same forward passes."""
     def measure(size: int) -> Tuple[float, float, float]:
         clean_moments, adv_moments = FeatureMoments(), FeatureMoments()
-        clean = attack_accuracy(student, split, size, moments=clean_moments, channels_last=channels_last)
-        robust = attack_accuracy(student, split, size, attack=attack, moments=adv_moments,
-                                 channels_last=channels_last)
+        with Progress(2 * len(split), desc) as progress:
+            clean = attack_accuracy(student, split, size, moments=clean_moments, channels_last=channels_last,
+                                    progress=progress.update)
+            progress.note("PGD-10")
+            robust = attack_accuracy(student, split, size, attack=attack, moments=adv_moments,
+                                     channels_last=channels_last, progress=progress.update)
         return clean, robust, adv_moments.trace_cov() - clean_moments.trace_cov()
     return halving_on_oom(measure, batch_size)
