@@ -256,10 +256,10 @@ def evaluate(cfg) -> Dict:
 
 
 def main(defaults: Dict, description: str, argv: Optional[Sequence[str]] = None) -> int:
-    cfg = build_parser(defaults, description).parse_args(argv)
-    cfg.command = [os.path.basename(sys.argv[0])] + list(sys.argv[1:] if argv is None else argv)
     with exit_on_user_error():
         try:
+            cfg = build_parser(defaults, description).parse_args(argv)
+            cfg.command = [os.path.basename(sys.argv[0])] + list(sys.argv[1:] if argv is None else argv)
             evaluate(resolve(cfg))
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

@@ -24,13 +24,12 @@ class Progress:
         self.start = time.perf_counter()
         self.bar: Optional[tqdm] = None
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
         if self.stream.isatty():
             self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=False, dynamic_ncols=True,
                             file=self.stream)
-        else:
-            self._thread = threading.Thread(target=self._report_periodically, daemon=True)
-            self._thread.start()
+            self.every = min(every, 1.0)  # redraw: the elapsed time moves even inside one long batch
+        self._thread = threading.Thread(target=self._report_periodically, daemon=True)
+        self._thread.start()
 
     def line(self) -> str:
         elapsed = time.perf_counter() - self.start
@@ -41,7 +40,10 @@ class Progress:
 
     def _report_periodically(self):
         while not self._stop.wait(self.every):
-            print(self.line(), file=self.stream, flush=True)
+            if self.bar is not None:
+                self.bar.refresh()
+            else:
+                print(self.line(), file=self.stream, flush=True)
 
     def update(self, n: int) -> None:
         self.done += n
@@ -55,11 +57,10 @@ class Progress:
             self.bar.set_postfix_str(text)
 
     def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
         if self.bar is not None:
             self.bar.close()
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
 
     def __enter__(self) -> "Progress":
         return self

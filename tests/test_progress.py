@@ -4,6 +4,8 @@ import io
 import logging
 import time
 
+import pytest
+
 from evaluation.autoattack import _Collect
 from runtime.progress import Progress, clock
 
@@ -37,3 +39,20 @@ def test_autoattack_names_each_stage_as_it_starts():
     for message in ("running apgd-ce", "apgd-ce - 1/1 - 3 out of 8 successfully perturbed", "running square"):
         handler.emit(logging.LogRecord("auto-attack", logging.INFO, __file__, 0, message, None, None))
     assert seen == ["apgd-ce", "square"] and len(handler.records) == 3
+
+
+@pytest.mark.slow  # subprocesses
+def test_ctrl_c_while_the_entry_script_imports_exits_130_without_a_traceback():
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import REPO
+    for script in ("main.py", "main_eval.py"):
+        proc = subprocess.Popen([sys.executable, script, "--help"], cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        time.sleep(0.4)  # inside `import torch`, which takes seconds
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130 and "Traceback" not in err, (script, proc.returncode, err)

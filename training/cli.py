@@ -19,10 +19,9 @@ def resume_command(script: str, args: Sequence[str]) -> str:
 
 
 def main(prog_defaults: Dict, description: str, argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser(prog_defaults, description).parse_args(argv)
     with exit_on_user_error():
         try:
-            fit(resolve(args))
+            fit(resolve(build_parser(prog_defaults, description).parse_args(argv)))
         except RunInterrupted as stop:
             args = argv if argv is not None else sys.argv[1:]
             print(f"{stop}. Resume with: {resume_command(sys.argv[0], args)}", file=sys.stderr, flush=True)
