@@ -56,7 +56,7 @@ class TRADES(Method):
     attack = AttackSpec(inner_loss=kl_sum, init="gauss", train_mode=False, target="student_clean")
     # CE on S(x), then the KL from a second S(x) pass to S(x'), evaluated S(x') first: S(x), S(x'), S(x).
     forwards = ("s_clean", "s_adv", "s_clean")
-    options = {"trades_beta": Option(6.0, type=float, help="TRADES beta: weight of the robustness KL term")}
+    options = {"trades_beta": Option(6.0, type=float, low=0, help="TRADES beta: weight of the robustness KL term")}
     parts = ("ce", "kl")
     # train_trades_cifar10.py: epsilon 0.031, step 0.007, x0.1 from epoch 75 (counting from 1) of 76;
     # its further decays at 90 and 100 are never reached.

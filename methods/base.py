@@ -53,9 +53,20 @@ class Option:
     type: Optional[Callable] = None
     choices: Optional[Tuple] = None
     flag: bool = False  # a store_true switch
+    low: Optional[float] = None  # the valid range of a number: [low, high], or (low, high] with low_open
+    high: Optional[float] = None
+    low_open: bool = False
 
     def resolve_default(self, args):
         return self.default(args) if callable(self.default) else self.default
+
+    def range_error(self, value) -> Optional[str]:
+        """Why `value` is out of this option's range, or None."""
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return f"must be {'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None and value > self.high:
+            return f"must be <= {self.high:g}"
+        return None
 
 
 @dataclass

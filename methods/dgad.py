@@ -16,7 +16,7 @@ class DGAD(Method):
     attack = AttackSpec(inner_loss=kl_sum, init="gauss", train_mode=False, target="teacher")
     forwards = ("s_clean", "s_adv", "t_clean", "t_adv")
     options = {
-        "ALP_beta": Option(lambda args: 15.0 if args.dataset == "Tiny_Image" else 5.0, type=float,
+        "ALP_beta": Option(lambda args: 15.0 if args.dataset == "Tiny_Image" else 5.0, type=float, low=0,
                            help="weight of the PCR term (default 5 on CIFAR, 15 on Tiny ImageNet)"),
         "alp": Option("on", choices=("on", "off"), help="PCR term on/off (ablation)"),
         "no_map": Option(False, flag=True, help="ablation: no MAP, every sample in the AT set"),

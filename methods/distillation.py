@@ -37,8 +37,8 @@ class ARD(Method):
     # S(x') then S(x), as in the authors' code: the S(x) pass moves the BatchNorm statistics even
     # when alpha = 1 leaves it out of the loss.
     forwards = ("s_adv", "t_clean", "s_clean")
-    options = {"temp": Option(30.0, type=float, help=TEMPERATURE_HELP),
-               "ARD_alpha": Option(1.0, type=float, help=ALPHA_HELP),
+    options = {"temp": Option(30.0, type=float, low=0, low_open=True, help=TEMPERATURE_HELP),
+               "ARD_alpha": Option(1.0, type=float, low=0, high=1, help=ALPHA_HELP),
                "kl_reduction": KL_REDUCTION}
     parts = ("kl", "ce")
     # Its schedule code sets 0.01 from epoch 100 on (counting from 0) and never lower: the second
@@ -73,12 +73,12 @@ class IAD(Method):
     # BatchNorm), T(x'), then after the warm-up S(x) as the introspection target, and an S(x) for
     # the (1 - alpha) CE term, computed even at alpha = 1.
     forwards = ("t_clean", "s_adv", "s_adv", "t_adv", "s_clean")
-    options = {"temp": Option(1.0, type=float, help=TEMPERATURE_HELP),
-               "ARD_alpha": Option(1.0, type=float, help=ALPHA_HELP),
-               "IAD_begin": Option(60, type=int,
+    options = {"temp": Option(1.0, type=float, low=0, low_open=True, help=TEMPERATURE_HELP),
+               "ARD_alpha": Option(1.0, type=float, low=0, high=1, help=ALPHA_HELP),
+               "IAD_begin": Option(60, type=int, low=0,
                                    help="warm-up: the introspection term is off for the first IAD_begin epochs "
                                         "and on from epoch IAD_begin + 1 (counting from 1)"),
-               "IAD_beta": Option(0.1, type=float,
+               "IAD_beta": Option(0.1, type=float, low=0,
                                   help="IAD's beta, the exponent of the teacher's trust w_i = P_T(y_i | x'_i)^beta; "
                                        "the introspection term weighs sample i by 1 - w_i")}
     parts = ("ard", "introspection")
@@ -131,7 +131,7 @@ class AdaAD(Method):
     attack = AttackSpec(inner_loss=kl_sum, init="gauss", train_mode=False, target="teacher")
     # S(x) runs even when alpha = 1, as in the authors' code (its train() pass moves BatchNorm).
     forwards = ("s_clean", "s_adv", "t_clean", "t_adv")
-    options = {"AdaAD_alpha": Option(1.0, type=float,
+    options = {"AdaAD_alpha": Option(1.0, type=float, low=0, high=1,
                                      help="alpha: weight of the adversarial KL; 1 - alpha weighs the clean KL"),
                "kl_reduction": KL_REDUCTION}
     parts = ("kl_adv", "kl_clean")

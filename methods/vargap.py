@@ -25,11 +25,11 @@ VARGAP_OPTIONS = {
     "vg_base": Option(DEFAULT_BASE, choices=tuple(BASES),
                       help="VarGap (approximate re-implementation): the method whose attack and loss form L_base; "
                            "VarGap also reads that method's options"),
-    "vg_cov": Option(1.0, type=float,
+    "vg_cov": Option(1.0, type=float, low=0,
                      help="VarGap (approximate re-implementation, weight not from the paper): weight of "
                           "||Cov(P f_S) - Cov(f_T)||_F^2 / d_T^2 on the clean plus the adversarial batch, "
                           "P a learned linear projector"),
-    "vg_gram": Option(0.0, type=float,
+    "vg_gram": Option(0.0, type=float, low=0,
                       help="VarGap (approximate re-implementation, weight not from the paper): weight of "
                            "||G_S - G_T||_F^2 / N^2, G the Gram matrix of row-normalised features, on the clean "
                            "plus the adversarial batch (0 = off)"),

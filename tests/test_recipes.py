@@ -144,10 +144,24 @@ def test_a_fraction_where_1_255_units_are_expected_is_refused_with_the_fix(flag)
     (("--ALP_beta", "nan"), "--ALP_beta must be a finite number"),
     (("--lr_decay", "0"), "--lr_decay factors must be finite and > 0"),
     (("--resume", "--overwrite"), "pass one of them"),
+    (("--ALP_beta=-1",), "--ALP_beta must be >= 0, got -1"),
 ])
 def test_numeric_flags_are_checked_before_any_work(flags, message):
     with pytest.raises(UserError, match=message):
         train_config("DGAD", *flags)
+
+
+@pytest.mark.parametrize("method, flags, message", [
+    ("ARD", ("--temp", "0"), "--temp must be > 0, got 0"),
+    ("ARD", ("--ARD_alpha", "1.5"), "--ARD_alpha must be <= 1, got 1.5"),
+    ("AdaAD", ("--AdaAD_alpha=-0.1",), "--AdaAD_alpha must be >= 0"),
+    ("IAD", ("--IAD_begin=-1",), "--IAD_begin must be >= 0, got -1"),
+    ("TRADES", ("--trades_beta=-6",), "--trades_beta must be >= 0"),
+    ("VarGap", ("--vg_cov=-1",), "--vg_cov must be >= 0"),
+])
+def test_method_options_are_checked_against_their_range(method, flags, message):
+    with pytest.raises(UserError, match=message):
+        train_config(method, *flags)
 
 
 def test_prefix_abbreviations_are_off():

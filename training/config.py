@@ -259,6 +259,10 @@ def check_numbers(args: argparse.Namespace, options) -> None:
         raise UserError(f"--momentum must be in [0, 1), got {args.momentum:g}")
     if args.weight_decay < 0:
         raise UserError(f"--weight_decay must be >= 0, got {args.weight_decay:g}")
+    for name, option in options.items():
+        problem = None if option.flag or option.choices else option.range_error(getattr(args, name))
+        if problem:
+            raise UserError(f"--{name} {problem}, got {getattr(args, name):g}")
     if args.resume and args.overwrite:
         raise UserError("--resume continues the run in --save_dir and --overwrite replaces it: pass one of them")
 
