@@ -3,5 +3,7 @@ This folder holds code only: the datasets themselves live under --data_dir (defa
 from .datasets import DATASETS, DatasetInfo, dataset_info
 from .loader import Split, TrainBatches, load_split, random_crop_flip, test_batches, to_float
 
-__all__ = ["DATASETS", "DatasetInfo", "dataset_info", "Split", "TrainBatches", "load_split",
+DEFAULT_DATA_DIR = "./datasets"  # the datasets' own folder (git-ignored), never this code package
+
+__all__ = ["DEFAULT_DATA_DIR", "DATASETS", "DatasetInfo", "dataset_info", "Split", "TrainBatches", "load_split",
            "random_crop_flip", "test_batches", "to_float"]

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from attacks import PAPER_CW_L2
-from data import Split, dataset_info, load_split
+from data import DEFAULT_DATA_DIR, Split, dataset_info, load_split
 from models import build_model, is_known_model, model_names
 from runtime.checkpoints import atomic_write_json, build_checked, load_weights, safe_load, sha256_of
 from runtime.device import device_name, git_commit, resolve_device, seed_everything
@@ -29,7 +29,6 @@ from .checks import Inspected, buffers_of, model_checks, ordering_warnings
 from .protocols import L2_ATTACKS, PROTOCOLS, TITLES, attack_settings, build_attack, parse_attacks
 from .report import REPORT_FORMAT, existing_report, format_table, refuse_to_replace_a_checkpoint, report_to_extend
 
-DEFAULT_DATA_DIR = "./datasets"  # as training's: a folder of its own, beside the data/ code package
 EPS_SLACK = 1e-6    # float32 rounding of x + delta
 
 

@@ -76,9 +76,14 @@ def test_data_holds_code_only_and_the_default_data_dir_is_its_own_folder():
     files = [name for _, _, names in os.walk(os.path.join(REPO, "data")) for name in names
              if "__pycache__" not in name and not name.endswith(".pyc")]
     assert files and all(name.endswith(".py") for name in files)
-    from evaluation.cli import DEFAULT_DATA_DIR as eval_default
-    from training.config import DEFAULT_DATA_DIR as train_default
-    assert train_default == eval_default == "./datasets"
+    from data import DEFAULT_DATA_DIR
+    from evaluation.cli import build_parser as evaluation_parser
+    from training.config import build_parser as training_parser
+    import main
+    import main_eval
+    assert DEFAULT_DATA_DIR == "./datasets"
+    for parser in (training_parser(main.DEFAULTS, "t"), evaluation_parser(main_eval.DEFAULTS, "t")):
+        assert parser.get_default("data_dir") == DEFAULT_DATA_DIR
     assert "/datasets/" in open(os.path.join(REPO, ".gitignore")).read().split()
 
 

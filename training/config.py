@@ -9,6 +9,7 @@ import types
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from data import DEFAULT_DATA_DIR
 from methods import all_options, get_method, method_names
 from methods.recipes import COMMON, RECIPE_NAMES, Recipe
 from models import is_known_model, model_names
@@ -19,7 +20,6 @@ from runtime.precision import PRECISIONS
 from .schedule import SCHEDULES
 
 DEFAULT_LR = {"mobilenetV2": 0.05}  # everything else: 0.1
-DEFAULT_DATA_DIR = "./datasets"
 
 
 @dataclass(frozen=True)

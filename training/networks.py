@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional
 import torch
 import torch.nn as nn
 
-from methods import Method, method_names
+from methods import Method
 from models import build_model
 from runtime.checkpoints import build_checked, load_weights
 from runtime.device import capture_rng_state, make_generator, restore_rng_state
@@ -22,12 +22,10 @@ STREAM_SEED_OFFSETS = {"data": 0, "attack": 1_000_003, "eval": 2_000_006}
 
 
 def teacher_missing_message(teacher_model: str, teacher_path: str, dataset: str) -> str:
-    make_one = (f"or train one here: python main.py --dataset {dataset} --model {teacher_model} "
-                f"--method TRADES, then pass its best_PGD10_acc_model.pth as --teacher_path"
-                if "TRADES" in method_names() else "or train one with a method that needs no teacher")
     return (f"teacher checkpoint not found: {teacher_path}. Put a robust {teacher_model} for "
             f"{dataset} there or pass --teacher_path; published teachers and where to download them "
-            f"are listed in checkpoints/README.md, {make_one}")
+            f"are listed in checkpoints/README.md, or train one here: python main.py --dataset {dataset} "
+            f"--model {teacher_model} --method TRADES, then pass its best_PGD10_acc_model.pth as --teacher_path")
 
 
 def require_teacher_file(config) -> None:

@@ -156,12 +156,8 @@ class RunDirectory:
         return state, cursor
 
     def open(self, record: Dict, fresh: bool) -> None:
-        """Create the folder and write config.json; a fresh run (--overwrite) first removes every
+        """Write config.json in the claimed folder; a fresh run (--overwrite) first removes every
         file of the run it replaces."""
-        try:
-            os.makedirs(self.root, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot create --save_dir {self.root}: {exc.strerror}") from exc
         if fresh:
             for name in CHECKPOINT_FILES:
                 if os.path.exists(self.file(name)):
