@@ -1,6 +1,6 @@
 """The robustness evaluation behind main_eval.py and main_eval_tinyimagenet.py: load a checkpoint,
-run one protocol's attacks (docs/methods.md section 7) on the test set, check the numbers for the signs
-reviewers look for, print a table and write a JSON report."""
+run one protocol's attacks (docs/methods.md section 7) on the test set at one or several radii, check
+the numbers for the signs reviewers look for, print a table per radius and write one JSON report."""
 import argparse
 import datetime
 import math
@@ -46,9 +46,10 @@ def build_parser(defaults: Dict, description: str) -> argparse.ArgumentParser:
                    help="a subset of the protocol's attacks, separated by spaces or commas "
                         "(paper: natural fgsm pgd10 cw_l2 aa; standard: natural fgsm pgd20 cw_inf aa); "
                         "default: all of them")
-    p.add_argument("--eps", type=float, default=8,
+    p.add_argument("--eps", default="8",
                    help="L-inf radius, in 1/255 pixel units (8 means 8/255; the authors' scripts take the fraction, "
-                        "0.031, which is refused here with this hint)")
+                        "0.031, which is refused here with this hint); several radii, comma-separated (2,4,8,12,16), "
+                        "are evaluated in one call: clean accuracy once, each attack at each radius")
     p.add_argument("--bs", type=int, default=200,
                    help="batch size; 200 as the authors' evaluation (CW-L2's early abort is decided per batch)")
     p.add_argument("--coeff", type=float, default=PAPER_CW_L2["c"], help="CW-L2's constant c, as the authors' --coeff")
@@ -82,11 +83,9 @@ def resolve(cfg: argparse.Namespace) -> argparse.Namespace:
             raise UserError(f"--{flag.replace('_', '-')} is ignored by the authors' evaluation code, and here each "
                             f"protocol fixes its attacks' steps and starts: choose them with --protocol and --attacks "
                             f"(pgd10, pgd20)")
-    if not math.isfinite(cfg.eps) or not math.isfinite(cfg.coeff):
-        raise UserError(f"--eps and --coeff must be finite numbers, got {cfg.eps}, {cfg.coeff}")
-    if not cfg.eps > 0:
-        raise UserError(f"--eps must be > 0 (in 1/255 units, e.g. 8), got {cfg.eps:g}")
-    require_255_units("--eps", cfg.eps, "--eps 8")
+    cfg.radii = parse_radii(cfg.eps)
+    if not math.isfinite(cfg.coeff):
+        raise UserError(f"--coeff must be a finite number, got {cfg.coeff}")
     if not cfg.coeff > 0:
         raise UserError(f"--coeff must be > 0 (the CW-L2 constant, 0.1 in the papers), got {cfg.coeff:g}")
     if cfg.bs < 1:
@@ -102,6 +101,29 @@ def resolve(cfg: argparse.Namespace) -> argparse.Namespace:
     report = existing_report(cfg.out)  # a file there that is not a report is refused even with --overwrite
     cfg.existing_report = None if cfg.overwrite else report
     return cfg
+
+
+def parse_radii(text: str) -> Tuple[float, ...]:
+    """'2,4,8' -> (2.0, 4.0, 8.0): distinct radii in 1/255 units, in increasing order."""
+    try:
+        radii = [float(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--eps {text!r} is not a radius or a comma-separated list of radii in 1/255 units "
+                        f"(e.g. 8, or 2,4,8,12,16)") from None
+    if not radii:
+        raise UserError("--eps is empty; give a radius in 1/255 units, e.g. 8")
+    for eps in radii:
+        if not math.isfinite(eps):
+            raise UserError(f"--eps must be finite numbers, got {eps}")
+        if not eps > 0:
+            raise UserError(f"--eps must be > 0 (in 1/255 units, e.g. 8), got {eps:g}")
+        require_255_units("--eps", eps, "--eps 8")
+    return tuple(sorted(set(radii)))
+
+
+def radius_key(eps_255: float) -> str:
+    """The report's key for a radius: '8', '2.5'."""
+    return f"{eps_255:g}"
 
 
 # -- checkpoint ------------------------------------------------------------------------------------
@@ -127,12 +149,14 @@ def load_model(cfg, num_classes: int) -> Tuple[nn.Module, Dict]:
 
 # -- running ---------------------------------------------------------------------------------------
 
-def run_attack(name: str, model: nn.Module, split: Split, cfg, device, moments: Optional[FeatureMoments]):
-    eps = cfg.eps / 255
+def run_attack(name: str, eps_255: float, model: nn.Module, split: Split, cfg, device,
+               moments: Optional[FeatureMoments]):
+    eps = eps_255 / 255
     attack = build_attack(name, eps, cfg.seed, device, cw_c=cfg.coeff)
     inspected = Inspected(attack) if attack is not None else None
     start = time.perf_counter()
-    with Progress(len(split), TITLES[name]) as progress:
+    title = TITLES[name] if name == "natural" else f"{TITLES[name]} at {eps_255:g}/255"
+    with Progress(len(split), title) as progress:
         if name == "aa":  # one batch can take many minutes: say which of its attacks is running
             attack.on_stage = lambda stage: progress.note(f"batch at {progress.done}: running {stage}")
         accuracy = attack_accuracy(model, split, cfg.bs, attack=inspected, progress=progress.update,
@@ -165,30 +189,44 @@ def evaluate(cfg) -> Dict:
     device = resolve_device(cfg.gpu_id)
     model, checkpoint_meta = load_model(cfg, info.num_classes)
     sha256 = sha256_of(cfg.model_path)
-    identity = {"dataset": cfg.dataset, "model": cfg.model, "protocol": cfg.protocol, "eps": cfg.eps / 255}
+    identity = {"dataset": cfg.dataset, "model": cfg.model, "protocol": cfg.protocol}
     seed_everything(cfg.seed)
     split = load_split(cfg.dataset, cfg.data_dir, "test", device, cfg.n_ex, cfg.download, subset_flag="--n_ex")
     identity["n_examples"] = len(split)
     split_name = "val" if cfg.dataset == "Tiny_Image" else "test"  # Tiny ImageNet's labelled held-out set
     previous = report_to_extend(cfg, identity, sha256)
-    results = {name: entry for name, entry in previous.get("results", {}).items() if name not in cfg.attack_names}
+    radii = dict(previous.get("radii", {}))  # radii evaluated before and not now are kept whole
+    for eps_255 in cfg.radii:
+        kept = radii.get(radius_key(eps_255), {})
+        radii[radius_key(eps_255)] = {
+            "eps": eps_255 / 255, "eps_255": eps_255,
+            "results": {n: e for n, e in kept.get("results", {}).items() if n not in cfg.attack_names},
+            "attacks": [], "variance_gap": kept.get("variance_gap")}
     model = model.to(device).eval().requires_grad_(False)
     buffers = buffers_of(model)
 
     report = dict(identity)
     report.update({
         "format": REPORT_FORMAT, "complete": False, "protocol_description": protocol.description,
-        "eps_255": cfg.eps, "num_classes": info.num_classes, "split": split_name,
+        "num_classes": info.num_classes, "split": split_name,
         "batch_size": cfg.bs, "seed": cfg.seed, "labels": {"method": cfg.method, "teacher_model": cfg.teacher_model},
         "checkpoint": dict(path=os.path.abspath(cfg.model_path), sha256=sha256, **checkpoint_meta),
         "versions": {"torch": torch.__version__, "pyautoattack": pyautoattack_version(),
                      "python": platform.python_version(), "advkd_git_commit": git_commit()},
         "device": device_name(device), "command": " ".join(shlex.quote(a) for a in cfg.command),
-        "created": now(), "results": results, "attacks": [n for n in protocol.attacks if n in results],
-        "variance_gap": previous.get("variance_gap"), "warnings": []})
+        "created": now(), "eps_255": [], "radii": {}, "warnings": []})
+
+    def save() -> None:  # after each attack: a long run that dies keeps what it finished
+        for entry in radii.values():
+            entry["attacks"] = [n for n in protocol.attacks if n in entry["results"]]  # JSON objects have no order
+        ordered = sorted(radii.values(), key=lambda entry: entry["eps_255"])
+        report["radii"] = {radius_key(entry["eps_255"]): entry for entry in ordered}
+        report["eps_255"] = [entry["eps_255"] for entry in ordered]
+        atomic_write_json(cfg.out, report)
+
     print(f"evaluating {cfg.model_path} (sha256 {sha256[:12]}), {cfg.model} on {cfg.dataset} {split_name}, "
-          f"n={len(split)}, protocol {cfg.protocol} ({protocol.description}), eps {cfg.eps:g}/255, "
-          f"device {report['device']}", flush=True)
+          f"n={len(split)}, protocol {cfg.protocol} ({protocol.description}), eps "
+          f"{', '.join(f'{e:g}' for e in cfg.radii)}/255, device {report['device']}", flush=True)
 
     checks = dict(model_checks(model, split, cfg.bs), eval_mode=True)
     warnings = []
@@ -204,17 +242,22 @@ def evaluate(cfg) -> Dict:
                         f"overestimate its robustness; trust AutoAttack (its Square attack needs no gradient)")
 
     clean_moments = FeatureMoments() if "natural" in cfg.attack_names else None
-    adv_moments = FeatureMoments() if protocol.pgd in cfg.attack_names else None
-    for name in cfg.attack_names:
-        moments = clean_moments if name == "natural" else adv_moments if name == protocol.pgd else None
-        entry, problems, attack = run_attack(name, model, split, cfg, device, moments)
+    # Clean accuracy does not depend on the radius: measured once, recorded at every radius of this call.
+    jobs = [("natural", cfg.radii[0])] if "natural" in cfg.attack_names else []
+    jobs += [(name, eps_255) for eps_255 in cfg.radii for name in cfg.attack_names if name != "natural"]
+    for name, eps_255 in jobs:
+        adv_moments = FeatureMoments() if name == protocol.pgd and clean_moments is not None else None
+        moments = clean_moments if name == "natural" else adv_moments
+        entry, problems, attack = run_attack(name, eps_255, model, split, cfg, device, moments)
         if any(m.training for m in model.modules()):
             problems.append(f"the model was left in train mode after {TITLES[name]}")
             checks["eval_mode"] = False
             model.eval()
-        results[name] = entry
+        for radius in (cfg.radii if name == "natural" else (eps_255,)):
+            radii[radius_key(radius)]["results"][name] = entry
         warnings += problems
-        line = f"{entry['attack']:<10} {entry['accuracy']:6.2f}%  ({len(split)} images, {entry['seconds']:.1f}s)"
+        at = "" if name == "natural" else f" at {eps_255:g}/255"
+        line = f"{entry['attack'] + at:<18} {entry['accuracy']:6.2f}%  ({len(split)} images, {entry['seconds']:.1f}s)"
         if name == "aa":
             described = attack.describe()
             line += (f"  [pyautoattack {described['pyautoattack_version']}, version='{described['version']}', "
@@ -222,34 +265,37 @@ def evaluate(cfg) -> Dict:
                      f" of {', '.join(described['attacks_to_run'])}]")
             warnings += [f"AutoAttack: {message}" for message in described["autoattack_warnings"]]
         print(line, flush=True)
-        report["results"] = results
-        report["attacks"] = [n for n in protocol.attacks if n in results]  # JSON objects have no order
-        atomic_write_json(cfg.out, report)  # after each attack: a long run that dies keeps what it finished
-
-    if clean_moments is not None and adv_moments is not None:
-        clean_trace, adv_trace = clean_moments.trace_cov(), adv_moments.trace_cov()
-        if clean_moments.count >= 2:
-            report["variance_gap"] = {
+        if adv_moments is not None and clean_moments.count >= 2:
+            clean_trace, adv_trace = clean_moments.trace_cov(), adv_moments.trace_cov()
+            radii[radius_key(eps_255)]["variance_gap"] = {
                 "value": adv_trace - clean_trace, "trace_cov_adversarial": adv_trace, "trace_cov_clean": clean_trace,
                 "adversarial_inputs": protocol.pgd, "n": clean_moments.count,
                 "features": "penultimate, globally pooled; covariance centred, 1/(N-1)"}
+        save()
+
     checks["buffers_unchanged"] = all(torch.equal(a, b) for a, b in zip(buffers, buffers_of(model)))
     if not checks["buffers_unchanged"]:
         warnings.append("the model's buffers (BatchNorm statistics) changed during the evaluation: "
                         "some attack ran it in train mode; these numbers are not of the saved model")
-    ordering = ordering_warnings(results, protocol.pgd)
+    ordering = []
+    for eps_255 in cfg.radii:
+        found = ordering_warnings(radii[radius_key(eps_255)]["results"], protocol.pgd)
+        ordering += [f"at {eps_255:g}/255: {message}" for message in found] if len(cfg.radii) > 1 else found
     checks["ordering_ok"] = not ordering
     warnings += ordering
     for message in warnings:
         warn(message)
     report.update({"checks": checks, "warnings": warnings, "complete": True, "finished": now()})
-    atomic_write_json(cfg.out, report)
+    save()
 
-    print(format_table(results, protocol.attacks))
-    gap = report["variance_gap"]
-    if gap is not None:
-        print(f"variance gap (tr Cov of penultimate features, {TITLES[protocol.pgd]} minus clean): "
-              f"{gap['value']:.4f} ({gap['trace_cov_adversarial']:.4f} - {gap['trace_cov_clean']:.4f})")
+    for eps_255 in cfg.radii:
+        radius = radii[radius_key(eps_255)]
+        print(f"\neps {eps_255:g}/255")
+        print(format_table(radius["results"], protocol.attacks))
+        gap = radius["variance_gap"]
+        if gap is not None:
+            print(f"variance gap (tr Cov of penultimate features, {TITLES[protocol.pgd]} minus clean): "
+                  f"{gap['value']:.4f} ({gap['trace_cov_adversarial']:.4f} - {gap['trace_cov_clean']:.4f})")
     print(f"report: {cfg.out}", flush=True)
     return report
 

@@ -5,9 +5,11 @@ from typing import Dict, Optional, Sequence
 
 from runtime.errors import UserError
 
-REPORT_FORMAT = "advkd-eval/1"
+REPORT_FORMAT = "advkd-eval/2"  # /2: results per radius, under "radii"
+OLDER_FORMATS = ("advkd-eval/1",)  # one radius; replaced, never extended
 # A report is only extended by a run that evaluates the same thing; these fields say what that is.
-IDENTITY = ("dataset", "model", "protocol", "eps", "n_examples")
+# Radii are not among them: a report gathers every radius evaluated on the same images.
+IDENTITY = ("dataset", "model", "protocol", "n_examples")
 
 
 def existing_report(out: str) -> Optional[Dict]:
@@ -17,7 +19,7 @@ def existing_report(out: str) -> Optional[Dict]:
     try:
         with open(out) as f:
             report = json.load(f)
-        if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
+        if not isinstance(report, dict) or report.get("format") not in (REPORT_FORMAT, *OLDER_FORMATS):
             raise ValueError(f"no \"format\": \"{REPORT_FORMAT}\"")
     except (OSError, ValueError) as exc:
         raise UserError(f"{out} exists and is not an evaluation report of this tool ({exc}), so it is not ours to "
@@ -40,6 +42,9 @@ def report_to_extend(cfg, identity: Dict, sha256: str) -> Dict:
     report = cfg.existing_report
     if report is None:
         return {}
+    if report.get("format") != REPORT_FORMAT:
+        print(f"{cfg.out} is a report of an older format ({report.get('format')}): replacing it", flush=True)
+        return {}
     if (report.get("checkpoint") or {}).get("sha256") != sha256:
         print(f"{cfg.out} describes an earlier version of {cfg.model_path} (another sha256): replacing it",
               flush=True)
@@ -49,9 +54,11 @@ def report_to_extend(cfg, identity: Dict, sha256: str) -> Dict:
     if differences:
         raise UserError(f"{cfg.out} holds an evaluation of this checkpoint with other settings "
                         f"({', '.join(differences)}); choose another --out or pass --overwrite to replace it")
-    kept = [name for name in report.get("results", {}) if name not in cfg.attack_names]
+    kept = [f"{name} at {key}/255" if name != "natural" else name
+            for key, radius in report.get("radii", {}).items() for name in radius.get("results", {})
+            if name not in cfg.attack_names or float(key) not in cfg.radii]
     if kept:
-        print(f"keeping {', '.join(kept)} from {cfg.out}", flush=True)
+        print(f"keeping {', '.join(dict.fromkeys(kept))} from {cfg.out}", flush=True)
     return report
 
 

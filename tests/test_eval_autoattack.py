@@ -29,7 +29,7 @@ def test_all_four_attacks_run_on_points_that_survive_a_tiny_eps(checkpoint, real
     # version runs (at 8/255 APGD-CE alone breaks this weak model and AutoAttack skips the rest).
     report = evaluate(checkpoint, real_data_dir, tmp_path / "aa.json", "--attacks", "natural,aa", "--n_ex", "8",
                       "--eps", "1")
-    entry = report["results"]["aa"]
+    entry = report["radii"]["1"]["results"]["aa"]
     assert entry["attack"] == "AutoAttack" and entry["protocol"] == "paper" and entry["n"] == 8
     params = entry["params"]
     assert params["implementation"] == "pyautoattack" and params["pyautoattack_version"] == "0.2.0"
@@ -37,7 +37,7 @@ def test_all_four_attacks_run_on_points_that_survive_a_tiny_eps(checkpoint, real
     assert params["attacks_to_run"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert params["attacks_run"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert set(params["points_perturbed_by_attack"]) <= set(params["attacks_run"])
-    natural = report["results"]["natural"]["accuracy"]
+    natural = report["radii"]["1"]["results"]["natural"]["accuracy"]
     assert natural > 0 and entry["accuracy"] <= natural
     assert entry["correct"] == round(entry["accuracy"] * 8 / 100)
     assert entry["max_linf_perturbation"] <= 1 / 255 + 1e-6
@@ -49,7 +49,7 @@ def test_all_four_attacks_run_on_points_that_survive_a_tiny_eps(checkpoint, real
 
 def test_at_8_over_255_it_breaks_the_weak_model(checkpoint, real_data_dir, tmp_path):
     report = evaluate(checkpoint, real_data_dir, tmp_path / "aa8.json", "--attacks", "natural", "aa", "--n_ex", "16")
-    results = report["results"]
+    results = report["radii"]["8"]["results"]
     assert results["aa"]["accuracy"] < results["natural"]["accuracy"]
     assert results["aa"]["params"]["attacks_run"][0] == "apgd-ce"
     assert sum(results["aa"]["params"]["points_perturbed_by_attack"].values()) == \

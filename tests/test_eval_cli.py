@@ -56,28 +56,30 @@ def test_paper_report_schema_labels_and_table(real_data_dir, checkpoint, capsys)
                     "--n_ex", "6", "--bs", "4") == 0
     out = capsys.readouterr().out
     report = load(checkpoint + ".eval.paper.json")  # the default --out
-    assert report["format"] == "advkd-eval/1" and report["complete"] is True
+    assert report["format"] == "advkd-eval/2" and report["complete"] is True
     assert report["protocol"] == "paper" and report["protocol_description"].startswith("DGAD/AdaAD")
     assert report["dataset"] == "CIFAR10" and report["model"] == MODEL and report["num_classes"] == 10
-    assert report["n_examples"] == 6 and report["eps"] == pytest.approx(8 / 255) and report["eps_255"] == 8
+    assert report["n_examples"] == 6 and report["eps_255"] == [8] and list(report["radii"]) == ["8"]
+    radius = report["radii"]["8"]
+    assert radius["eps"] == pytest.approx(8 / 255) and radius["eps_255"] == 8
     assert report["batch_size"] == 4 and report["seed"] == 0 and report["device"] == "cpu"
     with open(checkpoint, "rb") as f:
         sha256 = hashlib.sha256(f.read()).hexdigest()
     assert report["checkpoint"] == {"path": os.path.abspath(checkpoint), "sha256": sha256, "arch": MODEL,
                                     "epoch": 3, "clean_acc": 10.0}
     assert report["versions"]["torch"] == torch.__version__ and report["versions"]["pyautoattack"] == "0.2.0"
-    assert report["attacks"] == ["natural", "fgsm", "pgd10"] and set(report["results"]) == set(report["attacks"])
+    assert radius["attacks"] == ["natural", "fgsm", "pgd10"] and set(radius["results"]) == set(radius["attacks"])
     for name, title in [("natural", "Natural"), ("fgsm", "FGSM"), ("pgd10", "PGD-10")]:
-        entry = report["results"][name]
+        entry = radius["results"][name]
         assert entry["attack"] == title and entry["protocol"] == "paper" and entry["n"] == 6
         assert 0 <= entry["accuracy"] <= 100 and entry["correct"] == round(entry["accuracy"] * 6 / 100)
         assert entry["seconds"] >= 0 and isinstance(entry["params"], dict)
-    assert report["results"]["pgd10"]["params"] == {"eps": pytest.approx(8 / 255), "step_size": pytest.approx(2 / 255),
+    assert radius["results"]["pgd10"]["params"] == {"eps": pytest.approx(8 / 255), "step_size": pytest.approx(2 / 255),
                                                     "steps": 10, "loss": "cross-entropy",
                                                     "init": "uniform U(-eps, eps), clamped", "seed": 0}
-    assert report["results"]["fgsm"]["params"]["steps"] == 1 and report["results"]["fgsm"]["params"]["init"] == "none"
-    assert report["results"]["pgd10"]["max_linf_perturbation"] <= 8 / 255 + 1e-6
-    gap = report["variance_gap"]
+    assert radius["results"]["fgsm"]["params"]["steps"] == 1 and radius["results"]["fgsm"]["params"]["init"] == "none"
+    assert radius["results"]["pgd10"]["max_linf_perturbation"] <= 8 / 255 + 1e-6
+    gap = radius["variance_gap"]
     assert gap["adversarial_inputs"] == "pgd10" and gap["n"] == 6
     assert gap["value"] == pytest.approx(gap["trace_cov_adversarial"] - gap["trace_cov_clean"])
     assert report["checks"]["eval_mode"] and report["checks"]["deterministic_forward"]
@@ -94,11 +96,12 @@ def test_standard_protocol_runs_pgd20_and_cw_inf_under_its_own_label(real_data_d
                     "cw_inf,natural,pgd20", "--n_ex", "5") == 0
     report = load(checkpoint + ".eval.standard.json")
     assert report["protocol"] == "standard" and report["protocol_description"].startswith("ARD/IAD/RSLAD")
-    assert report["attacks"] == ["natural", "pgd20", "cw_inf"]  # the protocol's order
-    assert {e["protocol"] for e in report["results"].values()} == {"standard"}
-    assert report["results"]["cw_inf"]["params"]["steps"] == 30
-    assert report["results"]["cw_inf"]["params"]["confidence"] == 50.0
-    assert report["variance_gap"]["adversarial_inputs"] == "pgd20"
+    radius = report["radii"]["8"]
+    assert radius["attacks"] == ["natural", "pgd20", "cw_inf"]  # the protocol's order
+    assert {e["protocol"] for e in radius["results"].values()} == {"standard"}
+    assert radius["results"]["cw_inf"]["params"]["steps"] == 30
+    assert radius["results"]["cw_inf"]["params"]["confidence"] == 50.0
+    assert radius["variance_gap"]["adversarial_inputs"] == "pgd20"
     assert "CW-inf       standard" in capsys.readouterr().out
 
 
@@ -108,8 +111,8 @@ def test_n_ex_takes_the_first_images(real_data_dir, checkpoint, tmp_path):
         assert evaluate(real_data_dir, "--model_path", checkpoint, "--attacks", "natural", "--n_ex", str(n),
                         "--out", str(out)) == 0
         report = load(out)
-        assert report["n_examples"] == n and report["results"]["natural"]["n"] == n
-        assert report["variance_gap"] is None  # needs the protocol's PGD as well
+        assert report["n_examples"] == n and report["radii"]["8"]["results"]["natural"]["n"] == n
+        assert report["radii"]["8"]["variance_gap"] is None  # needs the protocol's PGD as well
 
 
 def test_every_checkpoint_format_loads_the_same_weights(tmp_path, weights):
@@ -138,7 +141,7 @@ def test_published_layout_runs_end_to_end(real_data_dir, tmp_path, weights):
     path = tmp_path / "model_cifar_wrn.pt"
     torch.save(dict(weights, **{"sub_" + k: v for k, v in weights.items() if k.startswith("block1.")}), path)
     assert evaluate(real_data_dir, "--model_path", str(path), "--attacks", "natural", "--n_ex", "4") == 0
-    assert load(f"{path}.eval.paper.json")["results"]["natural"]["n"] == 4
+    assert load(f"{path}.eval.paper.json")["radii"]["8"]["results"]["natural"]["n"] == 4
 
 
 # -- extending a report --------------------------------------------------------------------------------
@@ -147,10 +150,10 @@ def test_a_report_is_extended_by_the_same_evaluation_and_protected_from_another(
                                                                                 capsys):
     out = checkpoint + ".eval.paper.json"
     evaluate(real_data_dir, "--model_path", checkpoint, "--attacks", "natural", "--n_ex", "4")
-    first = load(out)["results"]["natural"]
+    first = load(out)["radii"]["8"]["results"]["natural"]
     evaluate(real_data_dir, "--model_path", checkpoint, "--attacks", "fgsm", "--n_ex", "4")
     report = load(out)
-    assert report["attacks"] == ["natural", "fgsm"] and report["results"]["natural"] == first
+    assert report["radii"]["8"]["attacks"] == ["natural", "fgsm"] and report["radii"]["8"]["results"]["natural"] == first
     capsys.readouterr()
 
     error = failure(capsys, real_data_dir, "--model_path", checkpoint, "--attacks", "natural", "--n_ex", "5")
@@ -158,12 +161,47 @@ def test_a_report_is_extended_by_the_same_evaluation_and_protected_from_another(
     assert load(out) == report  # untouched
 
     evaluate(real_data_dir, "--model_path", checkpoint, "--attacks", "natural", "--n_ex", "5", "--overwrite")
-    assert list(load(out)["results"]) == ["natural"] and load(out)["n_examples"] == 5
+    assert list(load(out)["radii"]["8"]["results"]) == ["natural"] and load(out)["n_examples"] == 5
 
     torch.save({"net": build_model(MODEL, 10).state_dict()}, checkpoint)  # retrained: another sha256
     evaluate(real_data_dir, "--model_path", checkpoint, "--attacks", "fgsm", "--n_ex", "4")
-    assert list(load(out)["results"]) == ["fgsm"]
+    assert list(load(out)["radii"]["8"]["results"]) == ["fgsm"]
     assert "earlier version" in capsys.readouterr().out
+
+
+def test_several_radii_in_one_call_share_clean_accuracy_and_extend_one_report(real_data_dir, checkpoint, capsys):
+    out = checkpoint + ".eval.paper.json"
+    assert evaluate(real_data_dir, "--model_path", checkpoint, "--attacks", "natural", "pgd10", "--eps", "8,2",
+                    "--n_ex", "6") == 0
+    printed = capsys.readouterr().out
+    assert printed.count("Natural ") == 3  # measured once (one line), then in the table of each radius
+    report = load(out)
+    assert report["eps_255"] == [2, 8] and list(report["radii"]) == ["2", "8"]
+    small, large = report["radii"]["2"], report["radii"]["8"]
+    assert small["results"]["natural"] == large["results"]["natural"]
+    assert small["results"]["pgd10"]["params"]["eps"] == pytest.approx(2 / 255)
+    assert small["results"]["pgd10"]["max_linf_perturbation"] <= 2 / 255 + 1e-6
+    assert large["results"]["pgd10"]["max_linf_perturbation"] > 2 / 255  # the larger radius is used
+    assert small["results"]["pgd10"]["accuracy"] >= large["results"]["pgd10"]["accuracy"]
+    for radius in (small, large):  # one gap per radius, each against the same clean features
+        gap = radius["variance_gap"]
+        assert gap["trace_cov_clean"] == small["variance_gap"]["trace_cov_clean"] and gap["n"] == 6
+    assert small["variance_gap"]["trace_cov_adversarial"] != large["variance_gap"]["trace_cov_adversarial"]
+
+    # Another radius later extends the same report; the radii already there are kept whole.
+    assert evaluate(real_data_dir, "--model_path", checkpoint, "--attacks", "fgsm", "--eps", "4", "--n_ex", "6") == 0
+    extended = load(out)
+    assert extended["eps_255"] == [2, 4, 8] and extended["radii"]["8"] == large
+    assert extended["radii"]["4"]["attacks"] == ["fgsm"] and extended["radii"]["4"]["variance_gap"] is None
+
+
+def test_a_report_of_the_older_one_radius_format_is_replaced(real_data_dir, checkpoint, capsys):
+    out = checkpoint + ".eval.paper.json"
+    with open(out, "w") as f:
+        json.dump({"format": "advkd-eval/1", "results": {}}, f)
+    assert evaluate(real_data_dir, "--model_path", checkpoint, "--attacks", "natural", "--n_ex", "3") == 0
+    assert "older format (advkd-eval/1): replacing it" in capsys.readouterr().out
+    assert load(out)["format"] == "advkd-eval/2"
 
 
 # -- sanity checks ----------------------------------------------------------------------------------
@@ -221,6 +259,9 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(real_data_dir, tmp_pat
         (["--model_path", checkpoint, "--protocol", "standard", "--attacks", "cw_l2"], "belongs to --protocol paper"),
         (["--model_path", checkpoint, "--attacks", ","], "--attacks is empty"),
         (["--model_path", checkpoint, "--eps", "0"], "--eps must be > 0"),
+        (["--model_path", checkpoint, "--eps", "2,0.03"], "--eps 0.03 is below 1"),
+        (["--model_path", checkpoint, "--eps", "2,x"], "comma-separated list of radii"),
+        (["--model_path", checkpoint, "--eps", ","], "--eps is empty"),
         (["--model_path", checkpoint, "--bs", "0"], "--bs must be >= 1"),
         (["--model_path", checkpoint, "--n_ex", "-1"], "--n_ex must be >= 0"),
         (["--model_path", checkpoint, "--out", str(tmp_path / "no" / "r.json")], "not a writable folder"),

@@ -23,10 +23,11 @@ def check_report(path, dataset, model, protocol, attacks, n):
     with open(path) as f:
         report = json.load(f)
     assert report["complete"] and report["dataset"] == dataset and report["model"] == model
-    assert report["protocol"] == protocol and report["attacks"] == attacks and report["n_examples"] == n
-    for entry in report["results"].values():
+    radius = report["radii"]["8"]
+    assert report["protocol"] == protocol and radius["attacks"] == attacks and report["n_examples"] == n
+    for entry in radius["results"].values():
         assert entry["n"] == n and entry["protocol"] == protocol and 0 <= entry["accuracy"] <= 100
-    return report
+    return report, radius
 
 
 @pytest.mark.parametrize("script, dataset, model", [
@@ -42,7 +43,7 @@ def test_the_issue_commands_on_checkpoints_from_main(tmp_path, real_data_dir, sc
                         "--data_dir", real_data_dir, *FAST)
     assert result.returncode == 0, result.stderr
     assert "PGD-10       paper" in result.stdout and "variance gap" in result.stdout
-    report = check_report(checkpoint + ".eval.paper.json", dataset, model, "paper", ["natural", "fgsm", "pgd10"], 4)
+    report, _ = check_report(checkpoint + ".eval.paper.json", dataset, model, "paper", ["natural", "fgsm", "pgd10"], 4)
     assert report["num_classes"] == (200 if tiny else 10)
     assert report["checkpoint"]["arch"] == model and report["checkpoint"]["method"] == "PGDAT"
 
@@ -55,6 +56,7 @@ def test_every_default_attack_of_both_protocols_on_a_tiny_model(tmp_path, real_d
                             "--data_dir", real_data_dir, "--n_ex", "4", "--protocol", protocol)
         assert result.returncode == 0, result.stderr
         assert "pyautoattack 0.2.0, version='standard', Linf" in result.stdout
-        report = check_report(f"{checkpoint}.eval.{protocol}.json", "CIFAR10", "wideresnet10_1", protocol, attacks, 4)
-        assert report["results"]["aa"]["params"]["attacks_to_run"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
-        assert report["variance_gap"]["adversarial_inputs"] == attacks[2]
+        _, radius = check_report(f"{checkpoint}.eval.{protocol}.json", "CIFAR10", "wideresnet10_1", protocol,
+                                 attacks, 4)
+        assert radius["results"]["aa"]["params"]["attacks_to_run"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+        assert radius["variance_gap"]["adversarial_inputs"] == attacks[2]
