@@ -1,0 +1,74 @@
+"""reproduce.py: a preset expanded into its runs, evaluations and report, launched on this machine or
+on SLURM. Idempotent: what is done is skipped, what was interrupted resumes."""
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+from data import DEFAULT_DATA_DIR
+from runtime.errors import UserError, exit_on_user_error
+from runtime.help import HelpFormatter
+from training.config import build_parser as training_parser
+
+from .launch import Launcher, execute, summary
+from .plan import Plan
+from .presets import REPO, load_preset, preset_names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False)
+    p.add_argument("--preset", required=True,
+                   help=f"a preset of presets/ ({', '.join(preset_names())}) or a preset file's path")
+    p.add_argument("--root", default=None,
+                   help="where the runs, their evaluations and the report go (default checkpoints/reproduce/<preset>)")
+    p.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="the datasets' folder, as main.py's --data_dir")
+    p.add_argument("--dry_run", action="store_true", help="print each job's commands, folder and state; run nothing")
+    p.add_argument("--launcher", default="local", choices=("local", "slurm"),
+                   help="local: submitit's local executor, jobs as processes on this machine; slurm: one SLURM "
+                        "job array per stage through submitit, requeued on pre-emption")
+    p.add_argument("--workers", type=int, default=1,
+                   help="local: jobs at once (each gets OMP_NUM_THREADS = CPU cores / workers)")
+    p.add_argument("--poll", type=float, default=5.0, help="seconds between checks of the jobs' states")
+    g = p.add_argument_group("SLURM (with --launcher slurm)")
+    g.add_argument("--partition", default=None, help="sbatch --partition")
+    g.add_argument("--account", default=None, help="sbatch --account")
+    g.add_argument("--qos", default=None, help="sbatch --qos")
+    g.add_argument("--constraint", default=None, help="sbatch --constraint (e.g. a GPU type)")
+    g.add_argument("--gpus", type=int, default=1, help="GPUs per job")
+    g.add_argument("--cpus", type=int, default=8, help="CPU cores per job")
+    g.add_argument("--time", type=int, default=24 * 60,
+                   help="time limit per job, in minutes; a run that reaches it saves last.pth and is requeued")
+    g.add_argument("--array_parallelism", type=int, default=64, help="jobs of one array running at once")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    with exit_on_user_error():
+        try:
+            args = build_parser().parse_args(argv)
+            parser = training_parser({"dataset": "CIFAR10", "datasets": ["CIFAR10"], "teacher_model": None}, "")
+            known = {action.dest: action for action in parser._actions}
+            preset = load_preset(args.preset, known)
+            if args.workers < 1:
+                raise UserError(f"--workers must be >= 1, got {args.workers}")
+            root = args.root or os.path.join("checkpoints", "reproduce", preset.name)
+            plan = Plan(preset, os.path.abspath(root), args.data_dir)
+            print(f"preset {preset.name}: {preset.description}", flush=True)
+            if args.dry_run:
+                print(plan.describe())
+                return 0
+            if not os.path.isdir(args.data_dir):
+                raise UserError(f"--data_dir {args.data_dir} is not a folder; see README, Data")
+            slurm = {k: getattr(args, k) for k in ("partition", "account", "qos", "constraint", "gpus", "cpus",
+                                                   "time", "array_parallelism")}
+            launcher = Launcher(args.launcher, os.path.join(plan.root, "jobs"), REPO, args.workers, slurm, args.poll)
+            states = execute(plan, launcher)
+            print(summary(plan, states), flush=True)
+            if any(state in ("failed", "blocked") for state in states.values()):
+                print("some jobs did not finish: fix what their logs say, then run the same command again (what "
+                      "is done is skipped)", file=sys.stderr)
+                return 1
+        except KeyboardInterrupt:
+            print("interrupted: running jobs may go on; run the same command again to continue", file=sys.stderr)
+            return 130
+    return 0

@@ -1,0 +1,204 @@
+"""A preset expanded into jobs: train the teacher (when the preset trains one) and every student, evaluate
+each student's best-PGD-10 checkpoint, write the report. Each job knows whether it is done from the
+files it leaves (config.json and results.csv of a run, the evaluation report), so a second call
+skips finished work and resumes interrupted work."""
+import csv
+import hashlib
+import json
+import os
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+from methods import get_method
+
+from .presets import Evaluation, Preset
+
+STAGES = ("teacher", "train", "evaluate", "report")
+CHECKPOINT = "best_PGD10_acc_model.pth"  # the checkpoint the papers report (best PGD-10 on the test set)
+
+
+@dataclass
+class Job:
+    name: str  # unique: 'train DGAD seed 0'
+    stage: str
+    commands: List[List[str]]  # argv lists, script first, run in the repository root one after another
+    folder: str
+    needs: List[str] = field(default_factory=list)
+    state: Any = None  # a function () -> (done: bool, what: str)
+
+    def status(self):
+        return self.state()
+
+
+def flag_args(flags: Dict[str, Any]) -> List[str]:
+    args = []
+    for name, value in flags.items():
+        if value is True:
+            args.append(f"--{name}")
+        elif value is not False:
+            args += [f"--{name}", str(value)]
+    return args
+
+
+def read_json(path: str) -> Optional[Dict]:
+    try:
+        with open(path) as f:
+            value = json.load(f)
+        return value if isinstance(value, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def completed_epochs(folder: str) -> int:
+    try:
+        with open(os.path.join(folder, "results.csv")) as f:
+            rows = list(csv.DictReader(f))
+        return int(rows[-1]["epoch"]) if rows else 0
+    except (OSError, KeyError, ValueError):
+        return 0
+
+
+def training_state(folder: str, expected: Dict[str, Any]):
+    """(done, what) of a training run folder; `expected` are settings its config.json must hold."""
+    def state():
+        config = read_json(os.path.join(folder, "config.json"))
+        if config is None:
+            return False, "not started"
+        other = [f"{k} {config.get(k)!r}" for k, v in expected.items() if config.get(k) != v]
+        if other:
+            return False, f"holds another run ({', '.join(other)}): the job will be refused"
+        done, total = completed_epochs(folder), config.get("epochs")
+        if isinstance(total, int) and done >= total:
+            return True, f"done ({done} epochs)"
+        return False, f"resumes after epoch {done} of {total}"
+    return state
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def report_path(checkpoint: str, protocol: str) -> str:
+    return f"{checkpoint}.eval.{protocol}.json"  # main_eval.py's default --out
+
+
+def evaluation_missing(checkpoint: str, evaluation: Evaluation) -> Optional[str]:
+    """None when the report of `checkpoint` holds every cell `evaluation` asks for, else what is missing."""
+    if not os.path.isfile(checkpoint):
+        return "waits for its checkpoint"
+    report = read_json(report_path(checkpoint, evaluation.protocol))
+    if report is None or report.get("format") != "advkd-eval/2":
+        return "not evaluated"
+    if (report.get("checkpoint") or {}).get("sha256") != sha256_file(checkpoint):
+        return "the checkpoint changed since its evaluation"
+    if evaluation.n_ex and report.get("n_examples") != evaluation.n_ex:
+        return f"evaluated on {report.get('n_examples')} images, not {evaluation.n_ex}"
+    radii = report.get("radii", {})
+    missing = [f"{name}@{eps:g}" for eps in evaluation.eps for name in evaluation.attacks
+               if name not in radii.get(f"{eps:g}", {}).get("results", {})]
+    return f"missing {', '.join(missing)}" if missing else None
+
+
+def evaluation_state(checkpoint: str, evaluations: Sequence[Evaluation]):
+    def state():
+        for evaluation in evaluations:
+            missing = evaluation_missing(checkpoint, evaluation)
+            if missing:
+                return False, missing
+        return True, "done"
+    return state
+
+
+def report_state(folder: str, inputs: Sequence[str]):
+    """Done when the report's table is newer than every results.csv and evaluation report it reads."""
+    def state():
+        table = os.path.join(folder, "tables.md")
+        if not os.path.isfile(table):
+            return False, "not written"
+        newest = max((os.path.getmtime(p) for p in inputs if os.path.exists(p)), default=0.0)
+        return (True, "done") if os.path.getmtime(table) >= newest else (False, "older than its runs")
+    return state
+
+
+class Plan:
+    def __init__(self, preset: Preset, root: str, data_dir: str):
+        self.preset, self.root, self.data_dir = preset, root, data_dir
+        tiny = preset.dataset == "Tiny_Image"
+        self.train_script = "main_tiny.py" if tiny else "main.py"
+        self.eval_script = "main_eval_tinyimagenet.py" if tiny else "main_eval.py"
+        self.jobs: List[Job] = []
+        self.teacher_path = preset.teacher.path if preset.teacher else None
+        if preset.teacher is not None and preset.teacher.path is None:
+            self.add_teacher()
+        runs = [self.add_student(method, seed) for method in preset.methods for seed in preset.seeds]
+        evaluations = [self.add_evaluation(job) for job in runs]
+        inputs = [os.path.join(job.folder, "results.csv") for job in runs]
+        inputs += [report_path(os.path.join(job.folder, CHECKPOINT), e.protocol) for job in runs
+                   for e in preset.evaluations]
+        folder = os.path.join(root, "report")
+        command = ["main_report.py", *[job.folder for job in runs], "--out", folder, "--title", preset.name]
+        self.jobs.append(Job("report", "report", [command], folder, [job.name for job in evaluations],
+                             report_state(folder, inputs)))
+
+    def training_command(self, folder: str, model: str, method: str, seed: int, flags: Dict[str, Any],
+                         teacher: bool) -> List[str]:
+        command = [self.train_script, "--dataset", self.preset.dataset, "--model", model, "--method", method,
+                   "--seed", str(seed), "--data_dir", self.data_dir, "--save_dir", folder]
+        if teacher:
+            command += ["--teacher_model", self.preset.teacher.model, "--teacher_path", self.teacher_path]
+        # --resume starts a new run in an empty folder and continues an interrupted one.
+        return command + flag_args(flags) + ["--resume"]
+
+    def add_teacher(self) -> None:
+        teacher = self.preset.teacher
+        folder = os.path.join(self.root, "teacher")
+        flags = dict(self.preset.train, **teacher.flags)
+        command = self.training_command(folder, teacher.model, teacher.method, teacher.seed, flags, False)
+        expected = {"method": teacher.method, "model": teacher.model, "seed": teacher.seed,
+                    "dataset": self.preset.dataset}
+        self.jobs.append(Job("train teacher", "teacher", [command], folder, [], training_state(folder, expected)))
+        self.teacher_path = os.path.join(folder, CHECKPOINT)
+
+    def add_student(self, method: str, seed: int) -> Job:
+        folder = os.path.join(self.root, method, f"seed{seed}")
+        needs_teacher = get_method(method).needs_teacher
+        flags = dict(self.preset.train, **self.preset.method_flags.get(method, {}))
+        command = self.training_command(folder, self.preset.student, method, seed, flags, needs_teacher)
+        needs = ["train teacher"] if needs_teacher and self.teacher_path != self.preset.teacher.path else []
+        expected = {"method": method, "model": self.preset.student, "seed": seed, "dataset": self.preset.dataset}
+        job = Job(f"train {method} seed {seed}", "train", [command], folder, needs, training_state(folder, expected))
+        self.jobs.append(job)
+        return job
+
+    def add_evaluation(self, run: Job) -> Job:
+        checkpoint = os.path.join(run.folder, CHECKPOINT)
+        method = run.commands[0][run.commands[0].index("--method") + 1]
+        commands = []
+        for e in self.preset.evaluations:
+            command = [self.eval_script, "--dataset", self.preset.dataset, "--model", self.preset.student,
+                       "--model_path", checkpoint, "--data_dir", self.data_dir, "--protocol", e.protocol,
+                       "--attacks", ",".join(e.attacks), "--eps", ",".join(f"{v:g}" for v in e.eps),
+                       "--n_ex", str(e.n_ex), "--method", method]
+            if get_method(method).needs_teacher:
+                command += ["--teacher_model", self.preset.teacher.model]
+            commands.append(command)
+        job = Job(f"evaluate {run.name[len('train '):]}", "evaluate", commands, run.folder, [run.name],
+                  evaluation_state(checkpoint, self.preset.evaluations))
+        self.jobs.append(job)
+        return job
+
+    def describe(self) -> str:
+        """The plan as --dry_run prints it: each job's commands, its folder and whether it is done."""
+        lines = []
+        for stage in STAGES:
+            for job in (j for j in self.jobs if j.stage == stage):
+                done, what = job.status()
+                lines.append(f"[{'done' if done else 'todo'}] {job.name}: {what}  ({job.folder})")
+                for command in job.commands:
+                    lines.append(f"    python {shlex.join(command)}")
+        return "\n".join(lines)
