@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 from methods import get_method
+from reporting.runs import BEST_PGD, reported_checkpoint
 
 from .presets import Evaluation, Preset
 
 STAGES = ("teacher", "train", "evaluate", "report")
-CHECKPOINT = "best_PGD10_acc_model.pth"  # the checkpoint the papers report (best PGD-10 on the test set)
 
 
 @dataclass
@@ -26,6 +26,7 @@ class Job:
     folder: str
     needs: List[str] = field(default_factory=list)
     state: Any = None  # a function () -> (done: bool, what: str)
+    checkpoint: Optional[str] = None  # what an evaluation job evaluates
 
     def status(self):
         return self.state()
@@ -138,8 +139,7 @@ class Plan:
         runs = [self.add_student(method, seed) for method in preset.methods for seed in preset.seeds]
         evaluations = [self.add_evaluation(job) for job in runs]
         inputs = [os.path.join(job.folder, "results.csv") for job in runs]
-        inputs += [report_path(os.path.join(job.folder, CHECKPOINT), e.protocol) for job in runs
-                   for e in preset.evaluations]
+        inputs += [report_path(job.checkpoint, e.protocol) for job in evaluations for e in preset.evaluations]
         folder = os.path.join(root, "report")
         command = ["main_report.py", *[job.folder for job in runs], "--out", folder, "--title", preset.name]
         self.jobs.append(Job("report", "report", [command], folder, [job.name for job in evaluations],
@@ -162,7 +162,7 @@ class Plan:
         expected = {"method": teacher.method, "model": teacher.model, "seed": teacher.seed,
                     "dataset": self.preset.dataset}
         self.jobs.append(Job("train teacher", "teacher", [command], folder, [], training_state(folder, expected)))
-        self.teacher_path = os.path.join(folder, CHECKPOINT)
+        self.teacher_path = os.path.join(folder, BEST_PGD)  # a robust teacher: its best-PGD-10 epoch
 
     def add_student(self, method: str, seed: int) -> Job:
         folder = os.path.join(self.root, method, f"seed{seed}")
@@ -176,8 +176,8 @@ class Plan:
         return job
 
     def add_evaluation(self, run: Job) -> Job:
-        checkpoint = os.path.join(run.folder, CHECKPOINT)
         method = run.commands[0][run.commands[0].index("--method") + 1]
+        checkpoint = os.path.join(run.folder, reported_checkpoint(method))
         commands = []
         for e in self.preset.evaluations:
             command = [self.eval_script, "--dataset", self.preset.dataset, "--model", self.preset.student,
@@ -188,7 +188,7 @@ class Plan:
                 command += ["--teacher_model", self.preset.teacher.model]
             commands.append(command)
         job = Job(f"evaluate {run.name[len('train '):]}", "evaluate", commands, run.folder, [run.name],
-                  evaluation_state(checkpoint, self.preset.evaluations))
+                  evaluation_state(checkpoint, self.preset.evaluations), checkpoint)
         self.jobs.append(job)
         return job
 

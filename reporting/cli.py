@@ -9,7 +9,7 @@ from runtime.checkpoints import atomic_write_text
 from runtime.errors import UserError, exit_on_user_error
 from runtime.help import HelpFormatter
 
-from .runs import CHECKPOINT, find_runs, group_runs
+from .runs import find_runs, group_runs
 from .tables import PUBLISHED, build_tables, csv_text, latex, load_published, markdown
 
 
@@ -20,8 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "evaluation reports (JSON) of checkpoints trained elsewhere")
     p.add_argument("--out", default="report", help="folder for tables.md, tables.tex, tables.csv and the figures")
     p.add_argument("--eps", type=float, default=8, help="the tables' radius, in 1/255 units")
-    p.add_argument("--checkpoint", default=CHECKPOINT,
-                   help="whose evaluation reports a run folder contributes (the papers report the best-PGD-10 one)")
+    p.add_argument("--checkpoint", default=None,
+                   help="whose evaluation reports a run folder contributes (default: best_PGD10_acc_model.pth, as "
+                        "the papers; best_clean_acc_model.pth for Natural training)")
     p.add_argument("--published", default=PUBLISHED, help="published numbers shown beside ours (JSON)")
     p.add_argument("--title", default=None, help="a heading for tables.md")
     p.add_argument("--no_figures", action="store_true", help="tables only")

@@ -12,11 +12,18 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from runtime.errors import UserError, warn
 from training.run_dir import OPERATIONAL
 
-CHECKPOINT = "best_PGD10_acc_model.pth"
+BEST_PGD, BEST_CLEAN = "best_PGD10_acc_model.pth", "best_clean_acc_model.pth"
 REPORT_FORMAT = "advkd-eval/2"
 # Entries of config.json that do not separate two groups: the seed (aggregated over), where and how
 # fast a run ran (training.run_dir.OPERATIONAL), and what follows from the method.
 NOT_DEFINING = OPERATIONAL | {"seed", "loss_parts", "teacher_sha256"}
+
+
+def reported_checkpoint(method: str) -> str:
+    """The checkpoint a table reports for a run: the best-PGD-10 one, as the papers do; for Natural
+    training, which never sees an adversarial example, the best clean one (its PGD-10 curve stays
+    near zero, so its best-PGD-10 epoch is an accident)."""
+    return BEST_CLEAN if method == "Natural" else BEST_PGD
 
 
 @dataclass
@@ -84,11 +91,12 @@ def is_report(data: Optional[Dict]) -> bool:
     return data is not None and data.get("format") == REPORT_FORMAT
 
 
-def read_run(folder: str, checkpoint: str) -> Optional[Run]:
+def read_run(folder: str, checkpoint: Optional[str]) -> Optional[Run]:
     config = read_json(os.path.join(folder, "config.json"))
     if config is None:
         return None
     run = Run(folder, config, read_history(os.path.join(folder, "results.csv")))
+    checkpoint = checkpoint or reported_checkpoint(run.method)
     for path in sorted(glob.glob(os.path.join(glob.escape(folder), f"{checkpoint}.eval.*.json"))):
         report = read_json(path)
         if is_report(report):
@@ -106,8 +114,9 @@ def run_of_report(path: str, report: Dict) -> Run:
     return Run(os.path.dirname(path), config, [], {report["protocol"]: report})
 
 
-def find_runs(inputs: Sequence[str], checkpoint: str = CHECKPOINT) -> List[Run]:
-    """Runs from run folders, folders above them, glob patterns, or evaluation reports' paths."""
+def find_runs(inputs: Sequence[str], checkpoint: Optional[str] = None) -> List[Run]:
+    """Runs from run folders, folders above them, glob patterns, or evaluation reports' paths; a run
+    folder contributes the reports of `checkpoint` (default: reported_checkpoint of its method)."""
     runs, seen = [], set()
     for given in inputs:
         matches = sorted(glob.glob(given)) if glob.has_magic(given) else [given]
@@ -159,8 +168,9 @@ def group_runs(runs: Sequence[Run], method_order: Sequence[str]) -> List[Group]:
         siblings = [g for g in groups if g[0].method == method]
         label = method
         if len(siblings) > 1:
+            keys = [dict(s[0].key()) for s in siblings]
             mine = dict(members[0].key())
-            differing = sorted(k for k in mine if any(dict(s[0].key()).get(k) != mine[k] for s in siblings))
+            differing = sorted(k for k in set().union(*keys) if any(other.get(k) != mine.get(k) for other in keys))
             label += " (" + ", ".join(f"{k} {members[0].config.get(k)}" for k in differing) + ")"
         result.append(Group(label, members))
     result.sort(key=lambda g: (g.config.get("dataset") or "", g.config.get("model") or "",

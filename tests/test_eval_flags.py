@@ -18,7 +18,7 @@ def parse(tmp_path, *flags):
 
 def test_defaults_follow_the_authors_evaluation(tmp_path):
     cfg = parse(tmp_path)
-    assert (cfg.bs, cfg.eps, cfg.coeff, cfg.method, cfg.teacher_model) == (200, 8, 0.1, None, None)
+    assert (cfg.bs, cfg.radii, cfg.coeff, cfg.method, cfg.teacher_model) == (200, (8.0,), 0.1, None, None)
 
 
 @pytest.mark.parametrize("flags, message", [

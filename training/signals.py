@@ -1,8 +1,12 @@
-"""SIGINT/SIGTERM (what schedulers send) ask the run to finish its step, save last.pth and stop."""
+"""SIGINT, SIGTERM and SIGUSR2 (what schedulers send: SLURM's warning before a time limit or a
+pre-emption is SIGUSR2 under submitit) ask the run to finish its step, save last.pth and stop."""
 import signal
 import sys
 import threading
 from typing import Optional
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
 
 class RunInterrupted(Exception):
@@ -31,7 +35,7 @@ class GracefulStop:
 
     def __enter__(self) -> "GracefulStop":
         if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._request) for sig in (signal.SIGINT, signal.SIGTERM)}
+            self._previous = {sig: signal.signal(sig, self._request) for sig in STOP_SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:

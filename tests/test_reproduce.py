@@ -1,0 +1,223 @@
+"""reproduce.py: the paper preset's plan, preset checks as one-line errors, the job states read from
+the files runs leave, a pre-empted job stopping its child cleanly, and a micro preset end to end
+through submitit's local executor, twice (the second call does nothing)."""
+import json
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+
+import pytest
+
+from helpers import REPO
+from pipeline import launch
+from pipeline.cli import main as reproduce
+from pipeline.plan import evaluation_missing, training_state
+from pipeline.presets import Evaluation
+
+
+def dry_run(capsys, *args):
+    assert reproduce(["--dry_run", *args]) == 0
+    return capsys.readouterr().out
+
+
+def commands(text):
+    return [line.strip()[len("python "):] for line in text.splitlines() if line.startswith("    python ")]
+
+
+def test_the_paper_preset_expands_into_its_table(capsys, tmp_path):
+    root = str(tmp_path / "paper")
+    out = dry_run(capsys, "--preset", "dgad-cifar10-resnet18", "--root", root)
+    train = [c for c in commands(out) if c.startswith("main.py")]
+    evaluate = [c for c in commands(out) if c.startswith("main_eval.py")]
+    assert len(train) == 15 and len(evaluate) == 30  # 5 methods x 3 seeds; two evaluations each
+    assert "train teacher" not in out  # the preset names a published teacher
+    assert train[0] == (f"main.py --dataset CIFAR10 --model resnet18 --method PGDAT --seed 0 --data_dir ./datasets "
+                        f"--save_dir {root}/PGDAT/seed0 --recipe dgad-paper --resume")
+    dgad = [c for c in train if "--method DGAD" in c]
+    assert [c.split("--seed ")[1].split()[0] for c in dgad] == ["0", "1", "2"]
+    assert all("--teacher_model wideresnet34_10 --teacher_path checkpoints/teachers/CIFAR10/wideresnet34_10.pth"
+               in c for c in dgad)
+    assert not any("--teacher_path" in c for c in train if "--method PGDAT" in c or "--method TRADES" in c)
+    assert evaluate[0] == (f"main_eval.py --dataset CIFAR10 --model resnet18 --model_path "
+                           f"{root}/PGDAT/seed0/best_PGD10_acc_model.pth --data_dir ./datasets --protocol paper "
+                           f"--attacks natural,fgsm,pgd10,cw_l2,aa --eps 8 --n_ex 0 --method PGDAT")
+    assert evaluate[1].endswith("--protocol paper --attacks natural,pgd10 --eps 2,4,12,16 --n_ex 0 --method PGDAT")
+    report = [c for c in commands(out) if c.startswith("main_report.py")]
+    assert len(report) == 1 and report[0].endswith(f"--out {root}/report --title dgad-cifar10-resnet18")
+    assert out.count("[todo]") == 31 and "[done]" not in out
+
+
+def test_the_mini_preset_trains_its_teacher_first(capsys, tmp_path):
+    root = str(tmp_path / "mini")
+    out = dry_run(capsys, "--preset", "cifar10-mini", "--root", root)
+    train = [c for c in commands(out) if c.startswith("main.py")]
+    assert train[0].startswith("main.py --dataset CIFAR10 --model wideresnet10_2 --method PGDAT --seed 0")
+    assert f"--teacher_path {root}/teacher/best_PGD10_acc_model.pth" in [c for c in train if "ARD" in c][0]
+    assert "Natural/seed0/best_clean_acc_model.pth" in out  # Natural's table row: its best clean epoch
+    assert len(train) == 7
+
+
+def preset_file(tmp_path, **changes):
+    preset = {"dataset": "CIFAR10", "student": "wideresnet10_1", "methods": ["PGDAT"], "seeds": [0],
+              "evaluate": [{"protocol": "paper"}]}
+    preset.update(changes)
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(preset))
+    return str(path)
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"methods": ["PGDAT", "Bogus"]}, "'Bogus' is not one of"),
+    ({"methods": ["RSLAD"]}, "teacher: is missing, and RSLAD distil"),
+    ({"train": {"save_dir": "x"}}, "'save_dir' is set by reproduce.py"),
+    ({"train": {"epoch": 3}}, "'epoch' is not a main.py flag"),
+    ({"seeds": [0, 0]}, "distinct integers"),
+    ({"evaluate": [{"protocol": "paper", "eps": [0.03]}]}, "radii in 1/255 units"),
+    ({"evaluate": [{"protocol": "paper", "attacks": ["pgd20"]}]}, "belongs to --protocol standard"),
+    ({"evaluate": [{"protocol": "paper"}, {"protocol": "paper", "n_ex": 5}]}, "must share n_ex"),
+    ({"teacher": {"model": "wideresnet10_1", "train": {"method": "RSLAD"}}}, "trains without a teacher"),
+    ({"student": "resnet99"}, "is not a model of models/"),
+    ({"extra": 1}, "unknown keys extra"),
+])
+def test_bad_presets_are_one_line_errors(tmp_path, capsys, changes, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce(["--preset", preset_file(tmp_path, **changes), "--dry_run"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_an_unknown_preset_names_the_known_ones(capsys):
+    with pytest.raises(SystemExit):
+        reproduce(["--preset", "nope", "--dry_run"])
+    assert "cifar10-mini, dgad-cifar10-resnet18" in capsys.readouterr().err
+
+
+def test_job_states_come_from_the_files_a_run_leaves(tmp_path):
+    folder = tmp_path / "run"
+    state = training_state(str(folder), {"method": "PGDAT", "seed": 0})
+    assert state() == (False, "not started")
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"method": "PGDAT", "seed": 0, "epochs": 3}))
+    (folder / "results.csv").write_text("epoch,lr\n1,0.1\n2,0.1\n")
+    assert state() == (False, "resumes after epoch 2 of 3")
+    (folder / "results.csv").write_text("epoch,lr\n1,0.1\n2,0.1\n3,0.1\n")
+    assert state() == (True, "done (3 epochs)")
+    assert training_state(str(folder), {"method": "TRADES"})()[1].startswith("holds another run (method 'PGDAT')")
+
+    checkpoint = folder / "best_PGD10_acc_model.pth"
+    wanted = Evaluation("paper", ("natural", "pgd10"), (2.0, 8.0), 100)
+    assert evaluation_missing(str(checkpoint), wanted) == "waits for its checkpoint"
+    checkpoint.write_bytes(b"weights")
+    assert evaluation_missing(str(checkpoint), wanted) == "not evaluated"
+    import hashlib
+    sha = hashlib.sha256(b"weights").hexdigest()
+    report = {"format": "advkd-eval/2", "checkpoint": {"sha256": sha}, "n_examples": 100,
+              "radii": {"8": {"results": {"natural": {}, "pgd10": {}}}, "2": {"results": {"natural": {}}}}}
+    path = folder / "best_PGD10_acc_model.pth.eval.paper.json"
+    path.write_text(json.dumps(report))
+    assert evaluation_missing(str(checkpoint), wanted) == "missing pgd10@2"
+    report["radii"]["2"]["results"]["pgd10"] = {}
+    path.write_text(json.dumps(report))
+    assert evaluation_missing(str(checkpoint), wanted) is None
+    checkpoint.write_bytes(b"retrained")
+    assert evaluation_missing(str(checkpoint), wanted) == "the checkpoint changed since its evaluation"
+
+
+TRAPS_SIGTERM = """
+import signal, sys, time
+def stop(signum, frame):
+    open(sys.argv[1], "w").write("SIGTERM")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+open(sys.argv[1], "w").write("ready")
+time.sleep(60)
+"""
+
+
+def test_a_preempted_job_stops_its_child_cleanly_and_requeues_the_same_commands(tmp_path):
+    script, marker = tmp_path / "child.py", tmp_path / "marker"
+    script.write_text(TRAPS_SIGTERM)
+    job = launch.CommandJob("train X", [[str(script), str(marker)]], str(tmp_path), {})
+    thread = threading.Thread(target=job, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not (marker.exists() and marker.read_text() == "ready") and time.time() < deadline:
+        time.sleep(0.05)
+    assert marker.read_text() == "ready"
+    assert pickle.loads(pickle.dumps(job)).commands == job.commands  # picklable while its child runs
+    delayed = job.checkpoint()
+    assert marker.read_text() == "SIGTERM"  # the child was asked to stop, and did
+    thread.join(10)
+    requeued = delayed.function
+    assert isinstance(requeued, launch.CommandJob) and requeued.commands == job.commands
+    assert requeued.cwd == job.cwd and requeued._child is None
+
+
+MICRO = {
+    "dataset": "CIFAR10", "student": "wideresnet10_1",
+    "teacher": {"model": "wideresnet10_1", "train": {"method": "PGDAT", "seed": 7}},
+    "methods": ["PGDAT", "RSLAD"], "seeds": [0],
+    "train": {"epochs": 1, "train_subset": 16, "test_subset": 8, "bs": 8, "num_steps": 1},
+    "evaluate": [{"protocol": "paper", "attacks": ["natural", "fgsm"], "n_ex": 8},
+                 {"protocol": "paper", "attacks": ["natural", "pgd10"], "eps": [2, 8], "n_ex": 8}]}
+
+
+def test_a_micro_preset_runs_end_to_end_through_the_local_executor_twice(real_data_dir, tmp_path, capsys,
+                                                                         monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    path = tmp_path / "micro.json"
+    path.write_text(json.dumps(MICRO))
+    root = str(tmp_path / "root")
+    args = ["--preset", str(path), "--root", root, "--data_dir", real_data_dir, "--workers", "2", "--poll", "0.2"]
+    assert reproduce(args) == 0
+    out = capsys.readouterr().out
+    for name in ("train teacher", "train PGDAT seed 0", "train RSLAD seed 0", "evaluate PGDAT seed 0",
+                 "evaluate RSLAD seed 0", "report"):
+        assert f"started {name}" in out and f"finished {name}" in out
+    assert out.index("finished train teacher") < out.index("started train RSLAD seed 0")  # RSLAD needs it
+    assert "6 done" in out
+    with open(os.path.join(root, "RSLAD", "seed0", "config.json")) as f:
+        assert json.load(f)["teacher_path"] == os.path.join(root, "teacher", "best_PGD10_acc_model.pth")
+    with open(os.path.join(root, "RSLAD", "seed0", "best_PGD10_acc_model.pth.eval.paper.json")) as f:
+        report = json.load(f)
+    assert report["eps_255"] == [2, 8] and report["radii"]["8"]["attacks"] == ["natural", "fgsm", "pgd10"]
+    with open(os.path.join(root, "report", "tables.md")) as f:
+        table = f.read()
+    assert "| PGDAT |" in table and "| RSLAD |" in table and os.path.isfile(
+        os.path.join(root, "report", "robustness_vs_eps-CIFAR10-wideresnet10_1-paper.png"))
+
+    assert reproduce(args) == 0  # again: everything is done
+    out = capsys.readouterr().out
+    assert "started" not in out and "6 skipped (done)" in out
+    assert "[done] train RSLAD seed 0: done (1 epochs)" in dry_run(capsys, *args)
+
+
+def test_requeue_after_preemption_resumes_the_run_from_last_pth(real_data_dir, tmp_path, monkeypatch):
+    submitit = pytest.importorskip("submitit")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    folder = tmp_path / "run"
+    command = ["main.py", "--method", "PGDAT", "--model", "wideresnet10_1", "--data_dir", real_data_dir,
+               "--train_subset", "16", "--test_subset", "8", "--bs", "8", "--num_steps", "1", "--epochs", "15",
+               "--save_dir", str(folder), "--resume"]
+    executor = submitit.LocalExecutor(folder=str(tmp_path / "jobs"))
+    executor.update_parameters(timeout_min=launch.LOCAL_TIMEOUT_MIN)
+    handle = executor.submit(launch.CommandJob("train", [command], REPO, {}))
+    deadline = time.time() + 120
+    while not (folder / "last.pth").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert (folder / "last.pth").exists()
+    with open(f"/proc/{handle._process.pid}/task/{handle._process.pid}/children") as f:
+        task = int(f.read().split()[0])  # the submitit process that runs the CommandJob
+    os.kill(task, signal.SIGUSR2)  # what SLURM sends a job before pre-empting it (submitit's --signal)
+    handle.result()  # requeued, resumed, finished
+    log = handle.stdout()
+    assert "this job is preempted" in log and "Requeued job" in log
+    assert "SIGTERM received: finishing the current step, then saving last.pth" in handle.stderr()
+    assert "resumed " in log
+    with open(folder / "results.csv") as f:
+        epochs = [line.split(",")[0] for line in f.read().splitlines()[1:]]
+    assert epochs == [str(e) for e in range(1, 16)]
