@@ -3,15 +3,14 @@ each student's best-PGD-10 checkpoint, write the report. Each job knows whether 
 files it leaves (config.json and results.csv of a run, the evaluation report), so a second call
 skips finished work and resumes interrupted work."""
 import csv
-import hashlib
-import json
 import os
 import shlex
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 from methods import get_method
-from reporting.runs import BEST_PGD, reported_checkpoint
+from reporting.runs import BEST_PGD, read_json, reported_checkpoint
+from runtime.checkpoints import sha256_of
 
 from .presets import Evaluation, Preset
 
@@ -42,15 +41,6 @@ def flag_args(flags: Dict[str, Any]) -> List[str]:
     return args
 
 
-def read_json(path: str) -> Optional[Dict]:
-    try:
-        with open(path) as f:
-            value = json.load(f)
-        return value if isinstance(value, dict) else None
-    except (OSError, ValueError):
-        return None
-
-
 def completed_epochs(folder: str) -> int:
     try:
         with open(os.path.join(folder, "results.csv")) as f:
@@ -76,14 +66,6 @@ def training_state(folder: str, expected: Dict[str, Any]):
     return state
 
 
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def report_path(checkpoint: str, protocol: str) -> str:
     return f"{checkpoint}.eval.{protocol}.json"  # main_eval.py's default --out
 
@@ -95,7 +77,7 @@ def evaluation_missing(checkpoint: str, evaluation: Evaluation) -> Optional[str]
     report = read_json(report_path(checkpoint, evaluation.protocol))
     if report is None or report.get("format") != "advkd-eval/2":
         return "not evaluated"
-    if (report.get("checkpoint") or {}).get("sha256") != sha256_file(checkpoint):
+    if (report.get("checkpoint") or {}).get("sha256") != sha256_of(checkpoint):
         return "the checkpoint changed since its evaluation"
     if evaluation.n_ex and report.get("n_examples") != evaluation.n_ex:
         return f"evaluated on {report.get('n_examples')} images, not {evaluation.n_ex}"

@@ -5,7 +5,6 @@ import json
 import os
 import pickle
 import signal
-import sys
 import threading
 import time
 
