@@ -81,7 +81,11 @@ class Launcher:
             self.env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
         else:
             slurm = dict(slurm or {})
-            self.executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+            try:
+                self.executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+            except RuntimeError as exc:  # no srun on this machine
+                raise UserError(f"--launcher slurm: {exc} Run reproduce.py on the cluster's login node, or use "
+                                f"--launcher local") from None
             params = {"timeout_min": slurm["time"], "gpus_per_node": slurm["gpus"], "tasks_per_node": 1,
                       "cpus_per_task": slurm["cpus"], "slurm_array_parallelism": slurm["array_parallelism"],
                       "slurm_signal_delay_s": STOP_GRACE_S + 30, "name": "advkd"}

@@ -220,3 +220,39 @@ def test_requeue_after_preemption_resumes_the_run_from_last_pth(real_data_dir, t
     with open(folder / "results.csv") as f:
         epochs = [line.split(",")[0] for line in f.read().splitlines()[1:]]
     assert epochs == [str(e) for e in range(1, 16)]
+
+
+def fake_slurm(tmp_path, monkeypatch):
+    """srun and sbatch stand-ins: sbatch keeps the script it is given and answers with a job id."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\ncp \"$1\" {tmp_path}/submitted.sh\necho Submitted batch job 4242\n")
+    for name in ("srun", "sbatch"):
+        os.chmod(bin_dir / name, 0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+def test_slurm_gets_one_array_per_stage_with_the_cluster_flags(tmp_path, monkeypatch):
+    fake_slurm(tmp_path, monkeypatch)
+    slurm = {"partition": "gpu", "account": "proj", "qos": "high", "constraint": "a100", "gpus": 2, "cpus": 6,
+             "time": 600, "array_parallelism": 2}
+    launcher = launch.Launcher("slurm", str(tmp_path / "jobs"), REPO, 1, slurm)
+    jobs = [launch.Job(f"train M seed {k}", "train", [["main.py", "--seed", str(k)]], str(tmp_path)) for k in range(3)]
+    handles = launcher.submit(jobs)
+    assert [h.job_id for h in handles] == ["4242_0", "4242_1", "4242_2"]
+    script = (tmp_path / "submitted.sh").read_text()
+    for line in ("--array=0-2%2", "--partition=gpu", "--account=proj", "--qos=high", "--constraint=a100",
+                 "--gpus-per-node=2", "--cpus-per-task=6", "--time=600", "--signal=USR2@180"):
+        assert f"#SBATCH {line}\n" in script, line
+    assert launcher.env == {"OMP_NUM_THREADS": "6"}
+
+
+def test_slurm_on_a_machine_without_it_is_a_one_line_error(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce(["--preset", "cifar10-mini", "--launcher", "slurm", "--root", str(tmp_path / "r"),
+                   "--data_dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--launcher slurm: Could not detect \"srun\"" in err and "login node" in err and "Traceback" not in err
