@@ -54,9 +54,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             root = args.root or os.path.join("checkpoints", "reproduce", preset.name)
             plan = Plan(preset, os.path.abspath(root), args.data_dir)
             print(f"preset {preset.name}: {preset.description}", flush=True)
+            teacher = preset.teacher.path if preset.teacher else None
+            missing = teacher is not None and not os.path.isfile(os.path.join(REPO, teacher))
             if args.dry_run:
                 print(plan.describe())
+                if missing:
+                    print(f"note: the teacher checkpoint {teacher} is not there yet (see checkpoints/README.md)")
                 return 0
+            if missing:
+                raise UserError(f"the preset's teacher checkpoint {teacher} is missing: put a robust "
+                                f"{preset.teacher.model} there (published teachers: checkpoints/README.md)")
             if not os.path.isdir(args.data_dir):
                 raise UserError(f"--data_dir {args.data_dir} is not a folder; see README, Data")
             slurm = {k: getattr(args, k) for k in ("partition", "account", "qos", "constraint", "gpus", "cpus",

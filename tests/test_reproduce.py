@@ -256,3 +256,12 @@ def test_slurm_on_a_machine_without_it_is_a_one_line_error(capsys, tmp_path, mon
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "--launcher slurm: Could not detect \"srun\"" in err and "login node" in err and "Traceback" not in err
+
+
+def test_a_missing_teacher_is_said_before_any_job_starts(capsys, tmp_path):
+    assert "note: the teacher checkpoint checkpoints/teachers/CIFAR10/wideresnet34_10.pth is not there yet" in \
+        dry_run(capsys, "--preset", "dgad-cifar10-resnet18", "--root", str(tmp_path / "r"))
+    with pytest.raises(SystemExit):
+        reproduce(["--preset", "dgad-cifar10-resnet18", "--root", str(tmp_path / "r"), "--data_dir", str(tmp_path)])
+    assert "teacher checkpoint checkpoints/teachers/CIFAR10/wideresnet34_10.pth is missing" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
