@@ -40,11 +40,9 @@ class CommandJob:
         """submitit's hook on pre-emption and time-outs: stop the child cleanly, then requeue."""
         import submitit
         child = self._child
-        if child is not None and child.poll() is None:
+        if child is not None and child.returncode is None:
             child.send_signal(signal.SIGTERM)
-            try:
-                child.wait(timeout=STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
+            if not exited(child.pid, STOP_GRACE_S):
                 child.kill()
         return submitit.helpers.DelayedSubmission(CommandJob(self.name, self.commands, self.cwd, self.env))
 
@@ -52,6 +50,21 @@ class CommandJob:
         state = dict(self.__dict__)
         state["_child"] = None  # a process is not part of what is requeued
         return state
+
+
+def exited(pid: int, seconds: float) -> bool:
+    """Whether child `pid` ends within `seconds`. os.waitpid, not Popen.wait: this runs in a signal
+    handler that may have interrupted Popen.wait in the same thread, which holds Popen's lock."""
+    deadline = time.time() + seconds
+    while True:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return True
+        except ChildProcessError:  # reaped already
+            return True
+        if time.time() > deadline:
+            return False
+        time.sleep(0.05)
 
 
 def clock() -> str:

@@ -211,8 +211,11 @@ def test_requeue_after_preemption_resumes_the_run_from_last_pth(real_data_dir, t
     assert (folder / "last.pth").exists()
     with open(f"/proc/{handle._process.pid}/task/{handle._process.pid}/children") as f:
         task = int(f.read().split()[0])  # the submitit process that runs the CommandJob
+    signalled = time.time()
     os.kill(task, signal.SIGUSR2)  # what SLURM sends a job before pre-empting it (submitit's --signal)
     handle.result()  # requeued, resumed, finished
+    # The child's exit is seen at once (not after the grace period: the hook runs inside Popen.wait).
+    assert time.time() - signalled < launch.STOP_GRACE_S
     log = handle.stdout()
     assert "this job is preempted" in log and "Requeued job" in log
     assert "SIGTERM received: finishing the current step, then saving last.pth" in handle.stderr()
