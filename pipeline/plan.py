@@ -1,5 +1,5 @@
 """A preset expanded into jobs: train the teacher (when the preset trains one) and every student, evaluate
-each student's best-PGD-10 checkpoint, write the report. Each job knows whether it is done from the
+each student's reported checkpoint, write the report. Each job knows whether it is done from the
 files it leaves (config.json and results.csv of a run, the evaluation report), so a second call
 skips finished work and resumes interrupted work."""
 import csv
@@ -8,6 +8,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
+from evaluation.report import REPORT_FORMAT
 from methods import get_method
 from reporting.runs import BEST_PGD, read_json, reported_checkpoint
 from runtime.checkpoints import sha256_of
@@ -50,15 +51,34 @@ def completed_epochs(folder: str) -> int:
         return 0
 
 
+def same_setting(given: Any, recorded: Any) -> bool:
+    """A preset's flag value against config.json's: '4,5' is [4, 5], 8 is 8.0."""
+    if isinstance(recorded, list):
+        given = [part for part in str(given).split(",") if part.strip()] if isinstance(given, str) else given
+        return isinstance(given, list) and len(given) == len(recorded) and all(
+            same_setting(a, b) for a, b in zip(given, recorded))
+    if isinstance(recorded, bool) or isinstance(given, bool):
+        return given is recorded
+    if isinstance(recorded, (int, float)):
+        try:
+            return float(given) == float(recorded)
+        except (TypeError, ValueError):
+            return False
+    return given == recorded
+
+
 def training_state(folder: str, expected: Dict[str, Any]):
-    """(done, what) of a training run folder; `expected` are settings its config.json must hold."""
+    """(done, what) of a training run folder; `expected` are settings its config.json must hold (a
+    folder trained with other settings is never taken for this run, done or not)."""
     def state():
         config = read_json(os.path.join(folder, "config.json"))
         if config is None:
             return False, "not started"
-        other = [f"{k} {config.get(k)!r}" for k, v in expected.items() if config.get(k) != v]
+        other = [f"{k} {config.get(k)!r} (the preset: {v!r})" for k, v in expected.items()
+                 if not same_setting(v, config.get(k))]
         if other:
-            return False, f"holds another run ({', '.join(other)}): the job will be refused"
+            return False, (f"holds another run ({', '.join(other)}): its job will be refused; choose another "
+                           f"--root, or move that folder away")
         done, total = completed_epochs(folder), config.get("epochs")
         if isinstance(total, int) and done >= total:
             return True, f"done ({done} epochs)"
@@ -75,7 +95,7 @@ def evaluation_missing(checkpoint: str, evaluation: Evaluation) -> Optional[str]
     if not os.path.isfile(checkpoint):
         return "waits for its checkpoint"
     report = read_json(report_path(checkpoint, evaluation.protocol))
-    if report is None or report.get("format") != "advkd-eval/2":
+    if report is None or report.get("format") != REPORT_FORMAT:
         return "not evaluated"
     if (report.get("checkpoint") or {}).get("sha256") != sha256_of(checkpoint):
         return "the checkpoint changed since its evaluation"
@@ -141,8 +161,8 @@ class Plan:
         folder = os.path.join(self.root, "teacher")
         flags = dict(self.preset.train, **teacher.flags)
         command = self.training_command(folder, teacher.model, teacher.method, teacher.seed, flags, False)
-        expected = {"method": teacher.method, "model": teacher.model, "seed": teacher.seed,
-                    "dataset": self.preset.dataset}
+        expected = dict(flags, method=teacher.method, model=teacher.model, seed=teacher.seed,
+                        dataset=self.preset.dataset)
         self.jobs.append(Job("train teacher", "teacher", [command], folder, [], training_state(folder, expected)))
         self.teacher_path = os.path.join(folder, BEST_PGD)  # a robust teacher: its best-PGD-10 epoch
 
@@ -152,7 +172,7 @@ class Plan:
         flags = dict(self.preset.train, **self.preset.method_flags.get(method, {}))
         command = self.training_command(folder, self.preset.student, method, seed, flags, needs_teacher)
         needs = ["train teacher"] if needs_teacher and self.teacher_path != self.preset.teacher.path else []
-        expected = {"method": method, "model": self.preset.student, "seed": seed, "dataset": self.preset.dataset}
+        expected = dict(flags, method=method, model=self.preset.student, seed=seed, dataset=self.preset.dataset)
         job = Job(f"train {method} seed {seed}", "train", [command], folder, needs, training_state(folder, expected))
         self.jobs.append(job)
         return job

@@ -9,11 +9,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from evaluation.report import REPORT_FORMAT
 from runtime.errors import UserError, warn
 from training.run_dir import OPERATIONAL
 
 BEST_PGD, BEST_CLEAN = "best_PGD10_acc_model.pth", "best_clean_acc_model.pth"
-REPORT_FORMAT = "advkd-eval/2"
 # Entries of config.json that do not separate two groups: the seed (aggregated over), where and how
 # fast a run ran (training.run_dir.OPERATIONAL), and what follows from the method.
 NOT_DEFINING = OPERATIONAL | {"seed", "loss_parts", "teacher_sha256"}

@@ -105,7 +105,14 @@ def test_job_states_come_from_the_files_a_run_leaves(tmp_path):
     assert state() == (False, "resumes after epoch 2 of 3")
     (folder / "results.csv").write_text("epoch,lr\n1,0.1\n2,0.1\n3,0.1\n")
     assert state() == (True, "done (3 epochs)")
-    assert training_state(str(folder), {"method": "TRADES"})()[1].startswith("holds another run (method 'PGDAT')")
+    assert training_state(str(folder), {"method": "TRADES"})()[1].startswith("holds another run (method 'PGDAT'")
+    # The preset's flags are compared too, as config.json records them: an edited preset is not "done".
+    (folder / "config.json").write_text(json.dumps({"method": "PGDAT", "seed": 0, "epochs": 3, "milestones": [2, 3],
+                                                    "epsilon": 8.0, "download": False}))
+    assert training_state(str(folder), {"epochs": 3, "milestones": "2,3", "epsilon": 8, "download": False})() == \
+        (True, "done (3 epochs)")
+    edited = training_state(str(folder), {"epochs": 4, "milestones": "2,4"})()
+    assert edited[0] is False and "epochs 3 (the preset: 4), milestones [2, 3] (the preset: '2,4')" in edited[1]
 
     checkpoint = folder / "best_PGD10_acc_model.pth"
     wanted = Evaluation("paper", ("natural", "pgd10"), (2.0, 8.0), 100)
