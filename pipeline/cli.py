@@ -15,6 +15,11 @@ from .plan import Plan
 from .presets import REPO, load_preset, preset_names
 
 
+def default_workers() -> int:
+    import torch
+    return 1 if torch.cuda.is_available() else max(1, min(4, os.cpu_count() or 1))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False)
     p.add_argument("--preset", required=True,
@@ -26,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--launcher", default="local", choices=("local", "slurm"),
                    help="local: submitit's local executor, jobs as processes on this machine; slurm: one SLURM "
                         "job array per stage through submitit, requeued on pre-emption")
-    p.add_argument("--workers", type=int, default=1,
-                   help="local: jobs at once (each gets OMP_NUM_THREADS = CPU cores / workers)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="local: jobs at once, each with OMP_NUM_THREADS = CPU cores / workers; 0 = one on a GPU "
+                        "machine (they would share it), else one per CPU core up to 4")
     p.add_argument("--poll", type=float, default=5.0, help="seconds between checks of the jobs' states")
     g = p.add_argument_group("SLURM (with --launcher slurm)")
     g.add_argument("--partition", default=None, help="sbatch --partition")
@@ -49,8 +55,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser = training_parser({"dataset": "CIFAR10", "datasets": ["CIFAR10"], "teacher_model": None}, "")
             known = {action.dest: action for action in parser._actions}
             preset = load_preset(args.preset, known)
-            if args.workers < 1:
-                raise UserError(f"--workers must be >= 1, got {args.workers}")
+            if args.workers < 0:
+                raise UserError(f"--workers must be >= 1 (or 0 for the default), got {args.workers}")
+            args.workers = args.workers or default_workers()
             root = args.root or os.path.join("checkpoints", "reproduce", preset.name)
             plan = Plan(preset, os.path.abspath(root), args.data_dir)
             print(f"preset {preset.name}: {preset.description}", flush=True)
