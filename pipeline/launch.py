@@ -117,17 +117,39 @@ class Launcher:
             return handles
         return [self.executor.submit(c) for c in callables]
 
+    @staticmethod
+    def ready(waiting: List[Job], states: Dict[str, str], checked: set) -> List[Job]:
+        """The waiting jobs whose inputs are done and that still have work. A job is checked once its
+        inputs are done, not before: what the jobs before it did this time (a resumed run's new best
+        checkpoint, say) decides whether it has work. Found done, it leaves `waiting` at once, which
+        may make the jobs after it ready in turn."""
+        while True:
+            ready, skipped = [], False
+            for job in [j for j in waiting if all(states[n] in FINISHED for n in j.needs)]:
+                if job.name not in checked:
+                    checked.add(job.name)
+                    if job.status()[0]:
+                        states[job.name] = "skipped (done)"
+                        waiting.remove(job)
+                        skipped = True
+                        continue
+                ready.append(job)
+            if not skipped:
+                return ready
+
     def run(self, jobs: List[Job], states: Dict[str, str]) -> None:
         """Every job of `jobs` (in stage order) whose inputs are done, to its end; updates `states`.
         Locally a job starts as soon as its inputs are done and a worker is free; on SLURM each stage
         is one array, submitted when the stage before it has ended."""
-        waiting, running = list(jobs), {}
+        waiting, running, checked = list(jobs), {}, set()
         while waiting or running:
             for job in list(waiting):
                 if any(states[n] in ("failed", "blocked") for n in job.needs):
                     states[job.name] = "blocked"
                     waiting.remove(job)
-            ready = [j for j in waiting if all(states[n] in FINISHED for n in j.needs)]
+            ready = self.ready(waiting, states, checked)
+            if not waiting and not running:
+                break
             if self.kind == "slurm":
                 if ready and not running:
                     batch = [j for j in ready if j.stage == ready[0].stage]
@@ -178,18 +200,15 @@ class Launcher:
 def execute(plan: Plan, launcher: Launcher) -> Dict[str, str]:
     """Every job not done yet; a job whose inputs failed is 'blocked'. The report is written in this
     process (it needs no GPU) once its inputs are done. Returns each job's state."""
-    states: Dict[str, str] = {}
-    for job in plan.jobs:
-        done, _ = job.status()
-        states[job.name] = "skipped (done)" if done else "pending"
+    states = {job.name: "pending" for job in plan.jobs}
     order = {stage: i for i, stage in enumerate(STAGES)}
-    todo = sorted((j for j in plan.jobs if states[j.name] == "pending" and j.stage != "report"),
-                  key=lambda j: order[j.stage])
-    launcher.run(todo, states)
+    launcher.run(sorted((j for j in plan.jobs if j.stage != "report"), key=lambda j: order[j.stage]), states)
     for job in plan.jobs:
-        if job.stage == "report" and states[job.name] == "pending":
-            ready = all(states[n] in FINISHED for n in job.needs)
-            states[job.name] = run_here(job, launcher.repo) if ready else "blocked"
+        if job.stage == "report":
+            if not all(states[n] in FINISHED for n in job.needs):
+                states[job.name] = "blocked"
+            else:
+                states[job.name] = "skipped (done)" if job.status()[0] else run_here(job, launcher.repo)
     return states
 
 

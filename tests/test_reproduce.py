@@ -201,6 +201,12 @@ def test_a_micro_preset_runs_end_to_end_through_the_local_executor_twice(real_da
     assert "started" not in out and "6 skipped (done)" in out
     assert "[done] train RSLAD seed 0: done (1 epochs)" in dry_run(capsys, *args)
 
+    os.unlink(os.path.join(root, "RSLAD", "seed0", "best_PGD10_acc_model.pth.eval.paper.json"))
+    assert reproduce(args) == 0  # what a job does this time makes the jobs after it run again
+    out = capsys.readouterr().out
+    assert "started evaluate RSLAD seed 0" in out and "started report" in out
+    assert "started train" not in out and "started evaluate PGDAT" not in out
+
 
 def test_requeue_after_preemption_resumes_the_run_from_last_pth(real_data_dir, tmp_path, monkeypatch):
     submitit = pytest.importorskip("submitit")
