@@ -67,7 +67,7 @@ class Table:
         return f"{self.dataset}-{self.model}-{self.protocol}-eps{self.eps_255:g}"
 
     def caption(self) -> str:
-        teachers = f" distilled from {', '.join(self.teachers)}" if self.teachers else ""
+        teachers = f" (the distilled ones from {', '.join(self.teachers)})" if self.teachers else ""
         images = ("the whole test set" if not self.n_examples else
                   f"the first {'/'.join(map(str, self.n_examples))} test images")
         text = (f"{self.dataset}, {self.model} students{teachers}: accuracy (%) under the {self.protocol} "
