@@ -15,9 +15,13 @@ from .plan import Plan
 from .presets import REPO, load_preset, preset_names
 
 
-def default_workers() -> int:
+def local_gpus() -> int:
     import torch
-    return 1 if torch.cuda.is_available() else max(1, min(4, os.cpu_count() or 1))
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def default_workers(gpus: int) -> int:
+    return gpus if gpus else max(1, min(4, os.cpu_count() or 1))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local: submitit's local executor, jobs as processes on this machine; slurm: one SLURM "
                         "job array per stage through submitit, requeued on pre-emption")
     p.add_argument("--workers", type=int, default=0,
-                   help="local: jobs at once, each with OMP_NUM_THREADS = CPU cores / workers; 0 = one on a GPU "
-                        "machine (they would share it), else one per CPU core up to 4")
+                   help="local: jobs at once, each with OMP_NUM_THREADS = CPU cores / workers and, on a GPU machine, "
+                        "the least busy GPU (CUDA_VISIBLE_DEVICES); 0 = one per GPU, or on a machine without one, "
+                        "one per CPU core up to 4")
     p.add_argument("--poll", type=float, default=5.0, help="seconds between checks of the jobs' states")
     g = p.add_argument_group("SLURM (with --launcher slurm)")
     g.add_argument("--partition", default=None, help="sbatch --partition")
@@ -57,7 +62,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             preset = load_preset(args.preset, known)
             if args.workers < 0:
                 raise UserError(f"--workers must be >= 1 (or 0 for the default), got {args.workers}")
-            args.workers = args.workers or default_workers()
+            gpus = local_gpus() if args.launcher == "local" and not args.dry_run else 0
+            args.workers = args.workers or default_workers(gpus)
             root = args.root or os.path.join("checkpoints", "reproduce", preset.name)
             plan = Plan(preset, os.path.abspath(root), args.data_dir)
             print(f"preset {preset.name}: {preset.description}", flush=True)
@@ -75,7 +81,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 raise UserError(f"--data_dir {args.data_dir} is not a folder; see README, Data")
             slurm = {k: getattr(args, k) for k in ("partition", "account", "qos", "constraint", "gpus", "cpus",
                                                    "time", "array_parallelism")}
-            launcher = Launcher(args.launcher, os.path.join(plan.root, "jobs"), REPO, args.workers, slurm, args.poll)
+            launcher = Launcher(args.launcher, os.path.join(plan.root, "jobs"), REPO, args.workers, slurm, args.poll,
+                                gpus)
             states = execute(plan, launcher)
             print(summary(plan, states), flush=True)
             if any(state in ("failed", "blocked") for state in states.values()):

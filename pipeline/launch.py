@@ -81,12 +81,14 @@ class Launcher:
     """Submits a stage's jobs and follows them to their end, a line per start and end."""
 
     def __init__(self, kind: str, folder: str, repo: str, workers: int = 1, slurm: Optional[Dict] = None,
-                 poll_s: float = 2.0):
+                 poll_s: float = 2.0, gpus: int = 0):
+        """`gpus`: local only, the GPUs of this machine; each job is given the least busy one."""
         try:
             import submitit
         except ImportError:
             raise UserError("reproduce.py needs submitit: python -m pip install -r requirements.txt") from None
         self.kind, self.repo, self.workers, self.poll_s = kind, repo, workers, poll_s
+        self.gpu_load = {gpu: 0 for gpu in range(gpus if kind == "local" else 0)}
         if kind == "local":
             self.executor = submitit.LocalExecutor(folder=folder)
             self.executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN)
@@ -109,8 +111,8 @@ class Launcher:
             self.env = {"OMP_NUM_THREADS": str(slurm["cpus"])}
             self.workers = 10 ** 9  # SLURM queues the array; --array_parallelism caps it
 
-    def submit(self, jobs: List[Job]):
-        callables = [CommandJob(job.name, job.commands, self.repo, self.env) for job in jobs]
+    def submit(self, jobs: List[Job], env: Optional[Dict[str, str]] = None):
+        callables = [CommandJob(job.name, job.commands, self.repo, dict(self.env, **(env or {}))) for job in jobs]
         if self.kind == "slurm":
             with self.executor.batch():  # one job array
                 handles = [self.executor.submit(c) for c in callables]
@@ -164,10 +166,16 @@ class Launcher:
             else:
                 for job in ready[:max(0, self.workers - len(running))]:
                     waiting.remove(job)
-                    handle = self.submit([job])[0]
+                    env, on = {}, ""
+                    if self.gpu_load:  # one job per GPU while there are enough: main.py's --gpu_id 0 is it
+                        gpu = min(self.gpu_load, key=lambda g: (self.gpu_load[g], g))
+                        self.gpu_load[gpu] += 1
+                        env, on = {"CUDA_VISIBLE_DEVICES": str(gpu)}, f" on GPU {gpu}"
+                    handle = self.submit([job], env)[0]
+                    handle.gpu = env.get("CUDA_VISIBLE_DEVICES")
                     running[job.name] = (job, handle, time.time())
                     states[job.name] = "running"
-                    print(f"[{clock()}] started {job.name} (log {handle.paths.stdout})", flush=True)
+                    print(f"[{clock()}] started {job.name}{on} (log {handle.paths.stdout})", flush=True)
             if not running:
                 if waiting and not ready:  # nothing runs and nothing can start: inputs that never finish
                     for job in waiting:
@@ -184,6 +192,8 @@ class Launcher:
                 if not handle.done():
                     continue
                 del running[name]
+                if getattr(handle, "gpu", None) is not None:
+                    self.gpu_load[int(handle.gpu)] -= 1
                 elapsed = took(time.time() - (started or time.time()))
                 error = handle.exception()
                 done, what = job.status()

@@ -281,3 +281,26 @@ def test_a_missing_teacher_is_said_before_any_job_starts(capsys, tmp_path):
         reproduce(["--preset", "dgad-cifar10-resnet18", "--root", str(tmp_path / "r"), "--data_dir", str(tmp_path)])
     assert "teacher checkpoint checkpoints/teachers/CIFAR10/wideresnet34_10.pth is missing" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+WRITES_ITS_GPU = """
+import os, sys, time
+time.sleep(0.5)
+open(sys.argv[1], "w").write(os.environ.get("CUDA_VISIBLE_DEVICES", "none"))
+"""
+
+
+def test_local_jobs_on_a_gpu_machine_each_get_the_least_busy_gpu(tmp_path, capsys):
+    script = tmp_path / "gpu.py"
+    script.write_text(WRITES_ITS_GPU)
+    launcher = launch.Launcher("local", str(tmp_path / "jobs"), REPO, workers=3, poll_s=0.1, gpus=2)
+    jobs = [launch.Job(f"job {k}", "train", [[str(script), str(tmp_path / f"gpu{k}")]], str(tmp_path),
+                       state=lambda k=k: ((tmp_path / f"gpu{k}").exists(), "")) for k in range(4)]
+    states = {job.name: "pending" for job in jobs}
+    launcher.run(jobs, states)
+    assert set(states.values()) == {"done"}
+    seen = [(tmp_path / f"gpu{k}").read_text() for k in range(4)]
+    assert seen[:3] == ["0", "1", "0"]  # three at once on two GPUs: the third shares the least busy
+    assert seen[3] in ("0", "1") and launcher.gpu_load == {0: 0, 1: 0}
+    out = capsys.readouterr().out
+    assert "started job 0 on GPU 0" in out and "started job 1 on GPU 1" in out
