@@ -27,7 +27,8 @@ from .accuracy import FeatureMoments, attack_accuracy
 from .autoattack import pyautoattack_version
 from .checks import Inspected, buffers_of, model_checks, ordering_warnings
 from .protocols import L2_ATTACKS, PROTOCOLS, TITLES, attack_settings, build_attack, parse_attacks
-from .report import REPORT_FORMAT, existing_report, format_table, refuse_to_replace_a_checkpoint, report_to_extend
+from .report import (REPORT_FORMAT, existing_report, format_table, radius_key, refuse_to_replace_a_checkpoint,
+                     report_to_extend)
 
 EPS_SLACK = 1e-6    # float32 rounding of x + delta
 
@@ -119,11 +120,6 @@ def parse_radii(text: str) -> Tuple[float, ...]:
             raise UserError(f"--eps must be > 0 (in 1/255 units, e.g. 8), got {eps:g}")
         require_255_units("--eps", eps, "--eps 8")
     return tuple(sorted(set(radii)))
-
-
-def radius_key(eps_255: float) -> str:
-    """The report's key for a radius: '8', '2.5'."""
-    return f"{eps_255:g}"
 
 
 # -- checkpoint ------------------------------------------------------------------------------------

@@ -12,6 +12,11 @@ OLDER_FORMATS = ("advkd-eval/1",)  # one radius; replaced, never extended
 IDENTITY = ("dataset", "model", "protocol", "n_examples")
 
 
+def radius_key(eps_255: float) -> str:
+    """A radius's key under a report's "radii": '8', '2.5'."""
+    return f"{eps_255:g}"
+
+
 def existing_report(out: str) -> Optional[Dict]:
     """The report already at `out`, if any; a file there that is not one is not ours to replace."""
     if not os.path.exists(out):

@@ -58,7 +58,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             args = build_parser().parse_args(argv)
             parser = training_parser({"dataset": "CIFAR10", "datasets": ["CIFAR10"], "teacher_model": None}, "")
-            known = {action.dest: action for action in parser._actions}
+            known = vars(parser.parse_args([]))  # main.py's flags, by name
             preset = load_preset(args.preset, known)
             if args.workers < 0:
                 raise UserError(f"--workers must be >= 1 (or 0 for the default), got {args.workers}")

@@ -2,15 +2,15 @@
 each student's reported checkpoint, write the report. Each job knows whether it is done from the
 files it leaves (config.json and results.csv of a run, the evaluation report), so a second call
 skips finished work and resumes interrupted work."""
-import csv
+import math
 import os
 import shlex
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-from evaluation.report import REPORT_FORMAT
+from evaluation.report import REPORT_FORMAT, radius_key
 from methods import get_method
-from reporting.runs import BEST_PGD, read_json, reported_checkpoint
+from reporting.runs import BEST_PGD, read_history, read_json, reported_checkpoint
 from runtime.checkpoints import sha256_of
 
 from .presets import Evaluation, Preset
@@ -43,12 +43,9 @@ def flag_args(flags: Dict[str, Any]) -> List[str]:
 
 
 def completed_epochs(folder: str) -> int:
-    try:
-        with open(os.path.join(folder, "results.csv")) as f:
-            rows = list(csv.DictReader(f))
-        return int(rows[-1]["epoch"]) if rows else 0
-    except (OSError, KeyError, ValueError):
-        return 0
+    rows = read_history(os.path.join(folder, "results.csv"))
+    epoch = rows[-1].get("epoch", math.nan) if rows else 0
+    return int(epoch) if math.isfinite(epoch) else 0
 
 
 def same_setting(given: Any, recorded: Any) -> bool:
@@ -103,7 +100,7 @@ def evaluation_missing(checkpoint: str, evaluation: Evaluation) -> Optional[str]
         return f"evaluated on {report.get('n_examples')} images, not {evaluation.n_ex}"
     radii = report.get("radii", {})
     missing = [f"{name}@{eps:g}" for eps in evaluation.eps for name in evaluation.attacks
-               if name not in radii.get(f"{eps:g}", {}).get("results", {})]
+               if name not in radii.get(radius_key(eps), {}).get("results", {})]
     return f"missing {', '.join(missing)}" if missing else None
 
 

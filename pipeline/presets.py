@@ -85,7 +85,7 @@ def checked_flags(flags: Any, where: str, known: Dict[str, Any]) -> Dict[str, An
 
 
 def load_preset(name_or_path: str, known_flags: Dict[str, Any]) -> Preset:
-    """The preset, checked; `known_flags` maps main.py's flags to their argparse actions."""
+    """The preset, checked; `known_flags` holds main.py's flags by name."""
     path = preset_path(name_or_path)
     name = os.path.basename(path)[:-5] if path.endswith(".json") else os.path.basename(path)
     try:

@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 from methods import method_names
 from runtime.checkpoints import atomic_write_text
-from runtime.errors import UserError, exit_on_user_error
+from runtime.errors import UserError, exit_on_user_error, require_255_units
 from runtime.help import HelpFormatter
 
 from .runs import find_runs, group_runs
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def report(args) -> int:
+    require_255_units("--eps", args.eps, "--eps 8")
     runs = find_runs(args.inputs, args.checkpoint)
     groups = group_runs(runs, method_names())
     try:

@@ -3,6 +3,7 @@ radius, the variance-gap diagnostic of Dong et al. (docs/methods.md section 7.4)
 parts and ST fraction per epoch. Every figure has a fixed size (SIZE inches at DPI)."""
 import math
 import os
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import matplotlib
@@ -44,7 +45,9 @@ def mean_and_std(series: Sequence[Sequence[float]]) -> Tuple[np.ndarray, np.ndar
         table[i, :len(s)] = s
     counts = np.sum(~np.isnan(table), axis=0)
     mean = np.nanmean(table, axis=0)
-    spread = np.where(counts > 1, np.nanstd(table, axis=0, ddof=min(1, len(series) - 1)), 0.0)
+    with warnings.catch_warnings():  # a position one seed reached: no spread, and no warning about it
+        warnings.simplefilter("ignore", RuntimeWarning)
+        spread = np.where(counts > 1, np.nanstd(table, axis=0, ddof=1), 0.0)
     return mean, spread
 
 

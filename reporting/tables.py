@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from evaluation.protocols import PROTOCOLS, TITLES
+from evaluation.report import radius_key
 
 from .runs import Group
 
@@ -102,7 +103,7 @@ def published_for(table: Table, published: Sequence[Dict]) -> Optional[Dict]:
 
 def build_tables(groups: Sequence[Group], eps_255: float = 8, published: Sequence[Dict] = ()) -> List[Table]:
     """One table per (dataset, student, protocol) that some group was evaluated under at `eps_255`."""
-    key = f"{eps_255:g}"
+    key = radius_key(eps_255)
     tables: Dict[tuple, Table] = {}
     for group in groups:
         for protocol in PROTOCOLS:

@@ -221,7 +221,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     empty.mkdir()
     for args, expected in [([str(tmp_path / "missing")], "no such run folder"),
                            ([str(note)], "is not an evaluation report"),
-                           ([str(empty)], "no run folder (with config.json)")]:
+                           ([str(empty)], "no run folder (with config.json)"),
+                           ([str(empty), "--eps", "0.031"], "--eps 0.031 is below 1")]:
         with pytest.raises(SystemExit) as exit_info:
             report_main(args + ["--out", str(tmp_path / "o")])
         assert exit_info.value.code == 2
