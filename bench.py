@@ -20,11 +20,12 @@ import torch
 from benchmarks.measure import (PHASES, PhaseClock, count_flops, matmul_peak_tflops, peak_memory_gib, phase_hooks,
                                 reset_peak_memory, synchronize)
 from benchmarks.plain import host_batches, plain_models, plain_step
-from data import Split, TrainBatches, dataset_info, load_split
+from data import Shard, Split, TrainBatches, dataset_info, load_split
 from methods import configure, training_step
 from models import build_model
 from runtime.checkpoints import atomic_write_json
 from runtime.device import configure_determinism, device_name, make_generator, resolve_device, seed_everything
+from runtime.distributed import World, join
 from runtime.errors import UserError, exit_on_user_error
 from runtime.precision import autocast_factory, compute_dtype, prepare_batch, prepare_model
 from training.config import build_parser, resolve
@@ -93,12 +94,13 @@ def endless(epoch: Callable[[], Iterator]) -> Iterator:
 
 
 def time_path(name: str, step: Callable, batches: Iterator, hooked, cfg, device, clock: PhaseClock) -> Dict:
-    """Warm up, then time cfg.steps steps; phases are read once, after the last one."""
+    """Warm up, then time cfg.steps steps; phases are read once, after the last one. Under torchrun
+    every process times its share of the same steps of --bs images (the whole batch)."""
     def one_step():
         clock.mark("data")
-        x, y = next(batches)
+        batch = next(batches)
         clock.mark("attack")
-        step(x, y, clock)
+        step(*batch, clock=clock)
 
     with phase_hooks(clock, *hooked):
         for _ in range(cfg.warmup):
@@ -128,11 +130,17 @@ def add_rates(result: Dict, flops_per_image: int, peak_tflops: float) -> Dict:
     return result
 
 
-def run_bench(cfg, config) -> Dict:
-    """cfg: the parsed arguments (the benchmark's own flags); config: the resolved training config."""
+def run_bench(cfg, config, world: World = World()) -> Dict:
+    """cfg: the parsed arguments (the benchmark's own flags); config: the resolved training config.
+    world: the processes of a torchrun job, which time DistributedDataParallel steps of --bs
+    images split across them (the plain path is a single process's and is left out)."""
     method = configure(config)
     info = dataset_info(cfg.dataset)
-    device = resolve_device(cfg.gpu_id)
+    device = world.device() if world.distributed else resolve_device(cfg.gpu_id)
+    if world.distributed:
+        if cfg.bs < world.size:
+            raise UserError(f"--bs {cfg.bs} is smaller than the {world.size} processes; --bs is the whole batch")
+        cfg.no_plain = True
     autocast = autocast_factory(cfg.precision, device)  # rejects bf16 on a GPU without it, before any work
     configure_determinism(cfg.deterministic)  # as training does: cuDNN autotuning unless --deterministic
     seed_everything(cfg.seed)
@@ -161,11 +169,14 @@ def run_bench(cfg, config) -> Dict:
     ours_optimizer = build_optimizer(config, list(student.parameters()) + extra_params)
     plain_optimizer = build_optimizer(config, list(plain_student.parameters()) + extra_params)
     device_generator = make_generator(device, cfg.seed)
+    trained_student, trained_extra = world.wrap(student, device), world.wrap(extra, device)
 
-    def ours(x, y, clock: Optional[PhaseClock] = None):
+    def ours(x, y, rows=None, clock: Optional[PhaseClock] = None):
         x = prepare_batch(x, cfg.channels_last)
+        world.broadcast_buffers(student)
         terms, _ = training_step(method, student, teacher, x, y, 1, generator=device_generator,
-                                 autocast=autocast, extra=extra)
+                                 autocast=autocast, extra=trained_extra, world=world, rows=rows,
+                                 trained_student=trained_student)
         if clock is not None:
             clock.mark("update")
         ours_optimizer.zero_grad(set_to_none=True)
@@ -181,17 +192,20 @@ def run_bench(cfg, config) -> Dict:
         plain_optimizer.step()
 
     clock = PhaseClock(device)
-    device_batches = endless(lambda: iter(TrainBatches(on_device, cfg.bs, device_generator)))
+    device_batches = endless(lambda: iter(TrainBatches(on_device, cfg.bs, device_generator,
+                                                       shard=Shard(world.rank, world.size))))
     # FLOPs are counted before our networks are compiled (in place): the same arithmetic, without
-    # tracing the counter.
-    x, y = next(device_batches)
-    ours_flops = count_flops(lambda: ours(x, y)) // cfg.bs
+    # tracing the counter. Each process counts its own rows.
+    x, y, rows = next(device_batches)
+    ours_flops = count_flops(lambda: ours(x, y, rows)) // (rows.stop - rows.start)
     for network in (student, teacher):
         prepare_model(network, cfg.channels_last, cfg.compile)
     results = {}
     print(f"timing ours: {cfg.warmup} warm-up + {cfg.steps} steps ...", file=sys.stderr, flush=True)
     results["ours"] = time_path("ours", ours, device_batches, (student, teacher), cfg, device, clock)
-    add_rates(results["ours"], ours_flops, peaks[cfg.precision])
+    # The job's throughput against the peak of all its devices.
+    add_rates(results["ours"], ours_flops, peaks[cfg.precision] * world.size)
+    results["ours"]["images_per_second_per_process"] = results["ours"]["images_per_second"] / world.size
     results["ours"].update(precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile)
 
     if not cfg.no_plain:
@@ -203,7 +217,7 @@ def run_bench(cfg, config) -> Dict:
         results["plain"].update(precision="fp32", channels_last=False, compile=False)
 
     report = {
-        "device": device_name(device), "torch_version": str(torch.__version__),
+        "device": device_name(device), "torch_version": str(torch.__version__), "processes": world.size,
         "tf32_convolutions": bool(torch.backends.cudnn.allow_tf32) if device.type == "cuda" else False,
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if device.type == "cuda" else False,
         "config": {"method": cfg.method, "model": cfg.model, "teacher_model": cfg.teacher_model,
@@ -225,7 +239,10 @@ def run_bench(cfg, config) -> Dict:
 
 def format_report(report: Dict) -> str:
     c = report["config"]
-    lines = [f"device: {report['device']}  torch {report['torch_version']}",
+    processes = report.get("processes", 1)
+    lines = [f"device: {report['device']}  torch {report['torch_version']}"
+             + (f"  {processes} processes (torchrun), --bs split across them; img/s of the whole job"
+                if processes > 1 else ""),
              f"{c['method']}  {c['model']}"
              + (f" <- {c['teacher_model']} ({c['teacher_weights']})" if c["teacher_model"] else " (no teacher)")
              + f"  {c['dataset']} "
@@ -252,9 +269,13 @@ def main(argv=None) -> int:
     with exit_on_user_error():
         config = resolve(cfg)
         validate(cfg)
-        report = run_bench(cfg, config)
+        world = join(config.dist_timeout, torch.cuda.is_available())
+        try:
+            report = run_bench(cfg, config, world)
+        finally:
+            world.leave()
         print(format_report(report), flush=True)
-        if cfg.json is not None:
+        if cfg.json is not None and world.main:
             atomic_write_json(cfg.json, report)
             print(f"wrote {cfg.json}", flush=True)
     return 0

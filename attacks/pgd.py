@@ -10,7 +10,7 @@ step with the gradient flowing through it (AdaAD, DGAD). Only the input gets a g
 This folder depends on torch only: copy it into another project as it is.
 """
 import contextlib
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -33,17 +33,26 @@ def module_mode(module: nn.Module, train: bool):
             m.training = was_training
 
 
-def init_delta(x: torch.Tensor, eps: float, init: str, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def init_delta(x: torch.Tensor, eps: float, init: str, generator: Optional[torch.Generator] = None,
+               batch_rows: Optional[Tuple[int, int, int]] = None) -> torch.Tensor:
     """The starting point of the attack (docs/methods.md section 1.4): `gauss` x + 0.001 N(0,I),
     `uniform` x + U(-eps, eps) clamped to [0,1], each also in the other clamping as the released
     code of some method has it (`gauss_clamped`: PGD-AT; `uniform_unclamped`: ARD, IAD), and
-    `none` x itself. An unclamped start is clamped by the first step."""
+    `none` x itself. An unclamped start is clamped by the first step.
+
+    batch_rows (total, start, stop): x is rows start:stop of a batch of `total` split across
+    processes; the noise is drawn for the whole batch and these rows kept, so that each process
+    starts where a single process attacking the whole batch would."""
+    total, start, stop = batch_rows if batch_rows is not None else (x.shape[0], 0, x.shape[0])
+    shape = (total, *x.shape[1:])
     if init in ("gauss", "gauss_clamped"):
-        start = x + 0.001 * torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
-        return start.clamp_(0.0, 1.0) if init == "gauss_clamped" else start
+        noise = torch.randn(shape, device=x.device, dtype=x.dtype, generator=generator)[start:stop]
+        begin = x + 0.001 * noise
+        return begin.clamp_(0.0, 1.0) if init == "gauss_clamped" else begin
     if init in ("uniform", "uniform_unclamped"):
-        start = x + (torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator) * (2 * eps) - eps)
-        return start.clamp_(0.0, 1.0) if init == "uniform" else start
+        noise = torch.rand(shape, device=x.device, dtype=x.dtype, generator=generator)[start:stop]
+        begin = x + (noise * (2 * eps) - eps)
+        return begin.clamp_(0.0, 1.0) if init == "uniform" else begin
     if init == "none":
         return x.clone()
     raise ValueError(f"unknown attack init {init!r}; choose from {INITS}")
@@ -57,7 +66,8 @@ def pgd_step(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps: floa
 
 def pgd(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor], *, eps: float, step_size: float,
         steps: int, loss_fn: InnerLoss, init: str = "uniform", target: Target = None, train_mode: bool = False,
-        generator: Optional[torch.Generator] = None, autocast: Optional[Callable] = None) -> torch.Tensor:
+        generator: Optional[torch.Generator] = None, autocast: Optional[Callable] = None,
+        batch_rows: Optional[Tuple[int, int, int]] = None) -> torch.Tensor:
     """Return adversarial examples for `model` at `x` (detached, in [0,1], within eps of x).
 
     target: None, fixed reference logits, or a network called at x' each step (an nn.Module
@@ -65,10 +75,11 @@ def pgd(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor], *, eps: fl
     train_mode: run the attacked model in train() mode (BatchNorm uses and updates batch
     statistics, as ARD/IAD do) instead of eval(); its own mode is restored afterwards.
     generator: the source of the random start (the run's attack generator, for exact resume).
+    batch_rows: (total, start, stop) when x is one process's rows of a larger batch (`init_delta`).
     autocast: an optional context-manager factory (e.g. bf16 autocast) for the forward passes;
     the image and its perturbation stay fp32."""
     x = x.detach()
-    x_adv = init_delta(x, eps, init, generator).detach()
+    x_adv = init_delta(x, eps, init, generator, batch_rows).detach()
     if steps <= 0:
         return x_adv.clamp(0.0, 1.0)
     autocast = autocast or contextlib.nullcontext

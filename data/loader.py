@@ -1,7 +1,7 @@
 """The GPU data path: a whole split as a uint8 tensor on the training device, batches drawn
 by a seeded device generator, and augmentation as batched tensor ops (no host round trips)."""
 from dataclasses import dataclass
-from typing import Iterator, Tuple
+from typing import Iterator, NamedTuple, Tuple
 
 import numpy as np
 import torch
@@ -46,15 +46,39 @@ def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
     return images_uint8.float().div_(255.0)
 
 
-def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
-    """Random crop with `padding` px of zeros and a random horizontal flip, per image, batched.
+class BatchRows(NamedTuple):
+    """This process's rows start:stop of a batch of `total` (all of it in a single process)."""
+    total: int
+    start: int
+    stop: int
 
-    Works on any dtype; the crop offsets and flips come from `generator` (on the images' device)."""
+
+@dataclass(frozen=True)
+class Shard:
+    """The rows of every batch that process `index` of a data-parallel job of `count` processes
+    takes: contiguous blocks whose sizes differ by at most one, in rank order, so that the blocks
+    of a step are the single-process batch."""
+    index: int = 0
+    count: int = 1
+
+    def rows(self, total: int) -> BatchRows:
+        return BatchRows(total, total * self.index // self.count, total * (self.index + 1) // self.count)
+
+
+def draw_crop_flip(n: int, generator: torch.Generator, padding: int = 4) -> Tuple[torch.Tensor, ...]:
+    """The random offsets (dy, dx) and flips of `n` images, drawn from `generator` (on its device)."""
+    device = generator.device
+    dy = torch.randint(0, 2 * padding + 1, (n,), device=device, generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n,), device=device, generator=generator)
+    flip = torch.rand(n, device=device, generator=generator) < 0.5
+    return dy, dx, flip
+
+
+def crop_flip(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor,
+              padding: int = 4) -> torch.Tensor:
+    """Crop each image, padded with `padding` px of zeros, at offsets (dy, dx), and flip it where `flip`."""
     n, c, h, w = images.shape
     padded = F.pad(images, (padding, padding, padding, padding))
-    dy = torch.randint(0, 2 * padding + 1, (n,), device=images.device, generator=generator)
-    dx = torch.randint(0, 2 * padding + 1, (n,), device=images.device, generator=generator)
-    flip = torch.rand(n, device=images.device, generator=generator) < 0.5
     rows = dy[:, None] + torch.arange(h, device=images.device)  # (n, h)
     cols = dx[:, None] + torch.arange(w, device=images.device)  # (n, w)
     cols = torch.where(flip[:, None], cols.flip(1), cols)
@@ -63,26 +87,48 @@ def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: 
     return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
 
 
+def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """Random crop with `padding` px of zeros and a random horizontal flip, per image, batched.
+
+    Works on any dtype; the crop offsets and flips come from `generator` (on the images' device)."""
+    return crop_flip(images, *draw_crop_flip(images.shape[0], generator, padding), padding=padding)
+
+
 class TrainBatches:
     """Shuffled, augmented training batches of a device-resident split. Deterministic given the
-    generator's state, which the trainer saves for an exact resume."""
+    generator's state, which the trainer saves for an exact resume.
 
-    def __init__(self, split: Split, batch_size: int, generator: torch.Generator, augment: bool = True):
+    Yields (images, labels, rows): this process's rows of each batch of `batch_size` (the global
+    batch of a data-parallel job, see `Shard`). Every process draws the same order and the
+    augmentation of the whole batch from the same stream and keeps its rows, so the union of a
+    step's shards is exactly the batch a single process trains on."""
+
+    def __init__(self, split: Split, batch_size: int, generator: torch.Generator, augment: bool = True,
+                 shard: Shard = Shard()):
         self.split, self.batch_size, self.generator, self.augment = split, batch_size, generator, augment
+        self.shard = shard
 
     def __len__(self):
         return (len(self.split) + self.batch_size - 1) // self.batch_size
 
-    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor, BatchRows]]:
         order = torch.randperm(len(self.split), device=self.split.labels.device, generator=self.generator)
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
-            images = self.split.images[idx]
+            rows = self.shard.rows(idx.shape[0])
+            mine = idx[rows.start:rows.stop]
+            images = self.split.images[mine]
             if self.augment:
-                images = random_crop_flip(images, self.generator)
-            yield to_float(images), self.split.labels[idx]
+                dy, dx, flip = draw_crop_flip(idx.shape[0], self.generator)
+                images = crop_flip(images, dy[rows.start:rows.stop], dx[rows.start:rows.stop],
+                                   flip[rows.start:rows.stop])
+            yield to_float(images), self.split.labels[mine], rows
 
 
-def test_batches(split: Split, batch_size: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+def test_batches(split: Split, batch_size: int, shard: Shard = Shard()
+                 ) -> Iterator[Tuple[torch.Tensor, torch.Tensor, BatchRows]]:
+    """The split in order, in batches of `batch_size`: this process's rows of each (see `Shard`)."""
     for start in range(0, len(split), batch_size):
-        yield to_float(split.images[start:start + batch_size]), split.labels[start:start + batch_size]
+        rows = shard.rows(min(batch_size, len(split) - start))
+        mine = slice(start + rows.start, start + rows.stop)
+        yield to_float(split.images[mine]), split.labels[mine], rows

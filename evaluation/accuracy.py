@@ -6,25 +6,29 @@ import torch
 import torch.nn as nn
 
 from attacks import ce_sum, module_mode, pgd
-from data import Split, test_batches
+from data import Shard, Split, test_batches
+from runtime.distributed import World
 from runtime.precision import prepare_batch
 
 
 def attack_accuracy(model: nn.Module, split: Split, batch_size: int,
-                    attack: Optional[Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]] = None,
+                    attack: Optional[Callable[..., torch.Tensor]] = None,
                     progress: Optional[Callable] = None, moments: Optional["FeatureMoments"] = None,
-                    channels_last: bool = False) -> float:
+                    channels_last: bool = False, world: World = World()) -> float:
     """Accuracy (%) of `model` in eval() mode on `split`, on adversarial inputs when `attack` is given.
 
     moments: also accumulate the model's penultimate features of the very inputs it classifies
     (clean, or the attack's examples) from the same forward pass; no extra attack or pass.
-    channels_last: give the model NHWC batches, as its weights are when trained with --channels_last."""
+    channels_last: give the model NHWC batches, as its weights are when trained with --channels_last.
+    world: in a distributed job, each process takes its rows of every batch of `batch_size` (the
+    attack, which must then accept `batch_rows`, draws its start for the whole batch) and the counts
+    and moments are reduced: every process returns the single-process accuracy."""
     correct = torch.zeros((), dtype=torch.long, device=split.labels.device)
     with module_mode(model, False):
-        for x, y in test_batches(split, batch_size):
+        for x, y, rows in test_batches(split, batch_size, Shard(world.rank, world.size)):
             x = prepare_batch(x, channels_last)
             if attack is not None:
-                x = attack(model, x, y)
+                x = attack(model, x, y, batch_rows=rows) if world.distributed else attack(model, x, y)
             with torch.no_grad():
                 if moments is None:
                     logits = model(x)
@@ -33,16 +37,19 @@ def attack_accuracy(model: nn.Module, split: Split, batch_size: int,
                     moments.update(features)
                 correct += (logits.argmax(1) == y).sum()
             if progress is not None:
-                progress(y.shape[0])
+                progress(rows.total)
+    world.sum_(correct)
+    if moments is not None:
+        moments.reduce(world)
     return 100.0 * correct.item() / max(len(split), 1)
 
 
 def pgd_ce_attack(eps: float, step_size: float, steps: int, init: str = "uniform",
                   generator: Optional[torch.Generator] = None):
     """PGD on cross-entropy (docs/methods.md section 6.1: uniform start), as an `attack` for attack_accuracy."""
-    def attack(model, x, y):
+    def attack(model, x, y, batch_rows=None):
         return pgd(model, x, y, eps=eps, step_size=step_size, steps=steps, loss_fn=ce_sum, init=init,
-                   generator=generator)
+                   generator=generator, batch_rows=batch_rows)
     return attack
 
 
@@ -63,7 +70,12 @@ class FeatureMoments:
             return
         rows = features.detach().reshape(n, -1).double()
         mean = rows.mean(0)
-        m2 = (rows - mean).pow(2).sum(0)
+        self.merge(n, mean, (rows - mean).pow(2).sum(0))
+
+    def merge(self, n: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
+        """Add the statistics of `n` more rows: their mean and sum of squared deviations."""
+        if n == 0:
+            return
         if self.count == 0:
             self.count, self.mean, self.m2 = n, mean, m2
             return
@@ -72,6 +84,20 @@ class FeatureMoments:
         self.mean = self.mean + delta * (n / total)
         self.m2 = self.m2 + m2 + delta.pow(2) * (self.count * n / total)
         self.count = total
+
+    def reduce(self, world: World) -> None:
+        """Merge every process's statistics (in rank order), on every process of a distributed job."""
+        if not world.distributed:
+            return
+        if self.mean is None:
+            raise ValueError("every process of the job must have seen at least one row")
+        packed = torch.cat([torch.tensor([float(self.count)], dtype=torch.float64, device=self.mean.device),
+                            self.mean, self.m2])
+        pieces = world.all_gather(packed)
+        self.count, self.mean, self.m2 = 0, None, None
+        d = (packed.numel() - 1) // 2
+        for piece in pieces:
+            self.merge(int(piece[0].item()), piece[1:1 + d], piece[1 + d:])
 
     def trace_cov(self) -> float:
         """tr Cov of the rows seen, centred, with 1/(N-1); nan with fewer than two rows."""

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from attacks import Target, module_mode, pgd
+from runtime.distributed import World
 
 from .recipes import Recipe
 
@@ -159,16 +160,35 @@ def attack_target(spec: AttackSpec, student: nn.Module, teacher: Optional[nn.Mod
         return student(x).float()
 
 
+def whole_batch(out: StepOutputs, world: World, rows: Tuple[int, int, int]) -> StepOutputs:
+    """The outputs of the whole batch, on every process of a distributed job, from each process's
+    rows (gradients flow to this process's rows only; see `World.gather_rows`): the loss a method
+    computes from them is the single-process loss of the batch, whatever its form."""
+    whole = StepOutputs(y=world.gather_rows(out.y, rows), epoch=out.epoch, extra=out.extra)
+    for key in FORWARDS:
+        if getattr(out, key) is not None:
+            setattr(whole, key, world.gather_rows(getattr(out, key), rows))
+    whole.features = {key: world.gather_rows(value, rows) for key, value in out.features.items()}
+    return whole
+
+
 def training_step(method: Method, student: nn.Module, teacher: Optional[nn.Module], x: torch.Tensor,
                   y: torch.Tensor, epoch: int, generator: Optional[torch.Generator] = None,
-                  autocast: Optional[Callable] = None, extra: Optional[nn.Module] = None
-                  ) -> Tuple[Dict[str, torch.Tensor], StepOutputs]:
+                  autocast: Optional[Callable] = None, extra: Optional[nn.Module] = None,
+                  world: World = World(), rows: Optional[Tuple[int, int, int]] = None,
+                  trained_student: Optional[nn.Module] = None) -> Tuple[Dict[str, torch.Tensor], StepOutputs]:
     """Attack (if the method has one), then the forward passes the loss needs, then the loss.
 
     The student's forward passes run in train() mode, in the method's order (docs/methods.md
     section 1.5); the teacher is frozen and runs without grad outside the attack. T(x) is computed
-    at most once. `generator` draws the attack's random start."""
+    at most once. `generator` draws the attack's random start.
+
+    In a distributed job (docs/distributed.md) x and y are this process's `rows` of the batch: the
+    attack runs on them (with the whole batch's random start), the passes after it through
+    `trained_student` (the student under DistributedDataParallel), and the loss on the outputs of
+    the whole batch gathered from every process."""
     autocast = autocast or contextlib.nullcontext
+    trained_student = trained_student or student
     out = StepOutputs(y=y, epoch=epoch, extra=extra)
     sequence, features = method.forward_sequence(epoch), method.with_features
     x_adv = x
@@ -180,14 +200,18 @@ def training_step(method: Method, student: nn.Module, teacher: Optional[nn.Modul
         budget = method.budget
         x_adv = pgd(student, x, y, eps=budget.eps, step_size=budget.step_size, steps=budget.steps,
                     loss_fn=spec.inner_loss, init=spec.init, train_mode=spec.train_mode, generator=generator,
-                    target=attack_target(spec, student, teacher, x, out.t_clean, autocast), autocast=autocast)
-    inputs = {"s_clean": (student, x), "s_adv": (student, x_adv), "t_clean": (teacher, x), "t_adv": (teacher, x_adv)}
+                    target=attack_target(spec, student, teacher, x, out.t_clean, autocast), autocast=autocast,
+                    batch_rows=rows if world.distributed else None)
+    inputs = {"s_clean": (trained_student, x), "s_adv": (trained_student, x_adv), "t_clean": (teacher, x),
+              "t_adv": (teacher, x_adv)}
     with module_mode(student, True), autocast():
         for key in sequence:
             model, batch = inputs[key]
-            if model is student:
-                setattr(out, key, forward(student, batch, key, out, features))
+            if model is trained_student:
+                setattr(out, key, forward(trained_student, batch, key, out, features))
             elif getattr(out, key) is None:
                 with torch.no_grad():
                     setattr(out, key, forward(teacher, batch, key, out, features))
+    if world.distributed:
+        out = whole_batch(out, world, rows)
     return method.loss(out), out

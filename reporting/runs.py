@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from evaluation.report import REPORT_FORMAT
 from runtime.errors import UserError, warn
+from training.config import ADDED_DEFAULTS
 from training.run_dir import OPERATIONAL
 
 BEST_PGD, BEST_CLEAN = "best_PGD10_acc_model.pth", "best_clean_acc_model.pth"
@@ -44,7 +45,7 @@ class Run:
 
     def key(self) -> Tuple:
         """What the run computes, but for its seed: runs with equal keys are seeds of one group."""
-        defining = {k: v for k, v in self.config.items() if k not in NOT_DEFINING}
+        defining = {k: v for k, v in {**ADDED_DEFAULTS, **self.config}.items() if k not in NOT_DEFINING}
         return tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in defining.items()))
 
 

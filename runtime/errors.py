@@ -3,12 +3,22 @@ import contextlib
 import sys
 
 
+# True in the processes of a distributed job other than process 0: it says each message once.
+QUIET = False
+
+
 class UserError(Exception):
     """A problem with the user's input or environment that the user can fix."""
 
 
+def report(message: str) -> None:
+    """A message for the user on stderr (once per job: not from quiet processes)."""
+    if not QUIET:
+        print(message, file=sys.stderr, flush=True)
+
+
 def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    report(f"warning: {message}")
 
 
 @contextlib.contextmanager
@@ -17,7 +27,7 @@ def exit_on_user_error():
     try:
         yield
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        report(f"error: {exc}")
         sys.exit(2)
 
 

@@ -8,6 +8,9 @@ from typing import Optional
 
 from tqdm import tqdm
 
+# True in the processes of a distributed job other than process 0: only process 0 shows progress.
+QUIET = False
+
 
 def clock(seconds: float) -> str:
     seconds = int(round(seconds))
@@ -24,6 +27,9 @@ class Progress:
         self.start = time.perf_counter()
         self.bar: Optional[tqdm] = None
         self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        if QUIET:
+            return
         if self.stream.isatty():
             self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=False, dynamic_ncols=True,
                             file=self.stream)
@@ -58,7 +64,8 @@ class Progress:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         if self.bar is not None:
             self.bar.close()
 

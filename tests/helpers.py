@@ -83,7 +83,7 @@ def quick_trained_model(data_dir: str, images: int = 2048, epochs: int = 2, seed
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
-        for x, y in TrainBatches(train, 64, generator, augment=False):
+        for x, y, _ in TrainBatches(train, 64, generator, augment=False):
             loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad()
             loss.backward()

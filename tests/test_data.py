@@ -112,7 +112,7 @@ def test_augmentation_is_seeded_and_keeps_the_pixel_range():
 def test_train_batches_cover_the_split_once_per_epoch_in_seeded_order():
     split = Split(torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 2, 2)
                   .contiguous(), torch.arange(10))
-    order = lambda seed: [y.tolist() for _, y in TrainBatches(split, 4, torch.Generator().manual_seed(seed))]
+    order = lambda seed: [y.tolist() for _, y, _ in TrainBatches(split, 4, torch.Generator().manual_seed(seed))]
     first = order(0)
     assert [len(b) for b in first] == [4, 4, 2]
     assert sorted(sum(first, [])) == list(range(10))

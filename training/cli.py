@@ -5,7 +5,7 @@ import shlex
 import sys
 from typing import Dict, Optional, Sequence
 
-from runtime.errors import exit_on_user_error
+from runtime.errors import exit_on_user_error, report
 
 from .config import build_parser, resolve
 from .loop import fit
@@ -13,9 +13,15 @@ from .signals import RunInterrupted
 
 
 def resume_command(script: str, args: Sequence[str]) -> str:
-    """The command that continues this run, quoted for a POSIX shell (paths may hold spaces)."""
+    """The command that continues this run, quoted for a POSIX shell (paths may hold spaces); under
+    torchrun, with the job's node and process counts (any other count resumes it too)."""
     kept = [a for a in args if a not in ("--resume", "--overwrite")]
-    return shlex.join(["python", os.path.basename(script) or "main.py", *kept, "--resume"])
+    launcher = ["python"]
+    if "LOCAL_WORLD_SIZE" in os.environ:
+        per_node = int(os.environ["LOCAL_WORLD_SIZE"])
+        nodes = max(int(os.environ.get("WORLD_SIZE", per_node)) // max(per_node, 1), 1)
+        launcher = ["torchrun"] + (["--nnodes", str(nodes)] if nodes > 1 else []) + ["--nproc_per_node", str(per_node)]
+    return shlex.join([*launcher, os.path.basename(script) or "main.py", *kept, "--resume"])
 
 
 def main(prog_defaults: Dict, description: str, argv: Optional[Sequence[str]] = None) -> int:
@@ -24,10 +30,9 @@ def main(prog_defaults: Dict, description: str, argv: Optional[Sequence[str]] = 
             fit(resolve(build_parser(prog_defaults, description).parse_args(argv)))
         except RunInterrupted as stop:
             args = argv if argv is not None else sys.argv[1:]
-            print(f"{stop}. Resume with: {resume_command(sys.argv[0], args)}", file=sys.stderr, flush=True)
+            report(f"{stop}. Resume with: {resume_command(sys.argv[0], args)}")
             return stop.exit_code
         except KeyboardInterrupt:
-            print("interrupted before last.pth was saved; resume continues from the last completed epoch",
-                  file=sys.stderr, flush=True)
+            report("interrupted before last.pth was saved; resume continues from the last completed epoch")
             return 130
     return 0

@@ -59,6 +59,8 @@ class Config:
     precision: str
     channels_last: bool
     compile: bool
+    sync_bn: bool
+    dist_timeout: float
     recipe: str
     recipe_source: str
     recipe_overrides: Tuple[str, ...]  # the recipe values given on the command line
@@ -160,6 +162,14 @@ def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentPars
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the networks (minutes of compilation first; opt-in)")
 
+    g = p.add_argument_group("many GPUs: launch with torchrun --nproc_per_node N (docs/distributed.md)")
+    g.add_argument("--sync_bn", action="store_true",
+                   help="BatchNorm statistics over the whole batch across processes (SyncBatchNorm; GPUs only); "
+                        "without it each process normalises its own shard of --bs")
+    g.add_argument("--dist_timeout", type=float, default=10.0,
+                   help="minutes a process waits for the others in a collective before the job fails (a process "
+                        "that died stops the job instead of hanging it)")
+
     g = p.add_argument_group("method options (each is rejected for a method that does not read it)")
     for name, (option, users) in sorted(all_options().items()):
         help_text = f"{option.help} {readers_and_defaults(name, users)}"
@@ -174,7 +184,10 @@ def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentPars
 # change them, and they are not part of the default folder's name. Every other setting defines the run.
 OPERATIONAL_FLAGS = frozenset({
     "save_dir", "resume", "overwrite", "stop_after", "gpu_id", "eval_bs", "nan_policy", "data_dir", "download",
-    "deterministic", "channels_last", "compile", "teacher_path", "recipe_overrides"})
+    "deterministic", "channels_last", "compile", "teacher_path", "recipe_overrides", "dist_timeout"})
+# Defining settings added after runs were made with this code: a run without one in its record
+# had this value (its resume and its default folder are unchanged).
+ADDED_DEFAULTS = {"sync_bn": False}
 
 
 def default_save_dir(args, method_options) -> str:
@@ -195,11 +208,14 @@ def default_save_dir(args, method_options) -> str:
         parts.append(f"test{args.test_subset}")
     if args.precision != "fp32":
         parts.append(args.precision)
+    if args.sync_bn:
+        parts.append("syncbn")
     parts.append(f"seed{args.seed}")
     # Every other defining setting, in a short hash: two runs that compute different things never
     # share a default folder.
     defining = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(Config)
-                if f.name not in OPERATIONAL_FLAGS | {"options", "recipe_source"}}
+                if f.name not in OPERATIONAL_FLAGS | {"options", "recipe_source"}
+                and not (f.name in ADDED_DEFAULTS and getattr(args, f.name, None) == ADDED_DEFAULTS[f.name])}
     defining.update({name: getattr(args, name) for name in method_options})
     digest = hashlib.sha256(json.dumps(defining, sort_keys=True, default=str).encode()).hexdigest()[:8]
     parts.append(digest)
@@ -313,6 +329,8 @@ def resolve(args: argparse.Namespace) -> Config:
     for flag in ("bs", "epochs", "eval_bs"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
+        raise UserError(f"--dist_timeout must be a positive number of minutes, got {args.dist_timeout:g}")
     for flag in ("train_subset", "test_subset", "stop_after"):
         if getattr(args, flag) < 0:
             raise UserError(f"--{flag} must be >= 0, got {getattr(args, flag)}")

@@ -4,6 +4,7 @@ Per epoch: set the learning rate, train one epoch (the method's attack, forward 
 SGD step per batch), evaluate clean and PGD-10 accuracy, keep the best and last checkpoints, log a
 results.csv row. Device work is queued without host syncs; the host reads the epoch's totals once.
 """
+import contextlib
 import sys
 import time
 from dataclasses import dataclass
@@ -12,11 +13,13 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from data import Split, TrainBatches, dataset_info, load_split
+from data import Shard, Split, TrainBatches, dataset_info, load_split
 from evaluation.accuracy import FeatureMoments, attack_accuracy, pgd_ce_attack
 from methods import Method, configure, training_step
 from runtime.checkpoints import sha256_of
 from runtime.device import configure_determinism, device_name, git_commit, resolve_device, seed_everything
+from runtime.distributed import World, join
+from runtime.errors import UserError
 from runtime.precision import autocast_factory, prepare_batch
 from runtime.progress import Progress
 
@@ -31,68 +34,119 @@ EVAL_PGD_STEPS = 10
 
 
 def fit(config) -> RunState:
+    world = join(config.dist_timeout, torch.cuda.is_available())
+    try:
+        with contextlib.ExitStack() as claimed:
+            return train(config, world, claimed)
+    finally:
+        world.leave()
+
+
+def train(config, world: World, claimed: contextlib.ExitStack) -> RunState:
     print(f"run folder: {config.save_dir}", flush=True)
-    method = configure(config)
-    info = dataset_info(config.dataset)
-    device = resolve_device(config.gpu_id)
-    run = RunDirectory(config.save_dir, result_fields(method.parts), config.resume, config.overwrite)
-    configure_determinism(config.deterministic)
-    seed_everything(config.seed)
-    if method.needs_teacher:
-        require_teacher_file(config)  # before minutes of data loading
-    train_split = load_split(config.dataset, config.data_dir, "train", device, config.train_subset, config.download)
-    test_split = load_split(config.dataset, config.data_dir, "test", device, config.test_subset, config.download)
-    trainee = build_trainee(config, method, info.num_classes, device)
-    record = dict(config.record(), **method.describe(), loss_parts=list(method.parts), git_commit=git_commit(),
-                  torch_version=str(torch.__version__), device=device_name(device), num_classes=info.num_classes,
-                  train_images=len(train_split), test_images=len(test_split),
-                  teacher_sha256=sha256_of(config.teacher_path) if method.needs_teacher else None)
-    print(recipe_line(config), flush=True)
-    with run.claimed():  # one process per run folder, from here to the end
+    setup_error = None
+    try:  # every process sets up; any one's error stops all of them, said once
+        method = configure(config)
+        info = dataset_info(config.dataset)
+        device = world.device() if world.distributed else resolve_device(config.gpu_id)
+        run = RunDirectory(config.save_dir, result_fields(method.parts), config.resume, config.overwrite,
+                           writer=world.main)
+        check_world(config, world)
+        configure_determinism(config.deterministic)
+        seed_everything(config.seed)
+        if method.needs_teacher:
+            require_teacher_file(config)  # before minutes of data loading
+        train_split = load_split(config.dataset, config.data_dir, "train", device, config.train_subset, config.download)
+        test_split = load_split(config.dataset, config.data_dir, "test", device, config.test_subset, config.download)
+        check_shards(config, world, len(train_split), len(test_split))
+        trainee = build_trainee(config, method, info.num_classes, device, sync_bn=config.sync_bn and world.distributed)
+        record = dict(config.record(), **method.describe(), loss_parts=list(method.parts), git_commit=git_commit(),
+                      torch_version=str(torch.__version__), device=device_name(device), num_classes=info.num_classes,
+                      train_images=len(train_split), test_images=len(test_split),
+                      teacher_sha256=sha256_of(config.teacher_path) if method.needs_teacher else None,
+                      world_size=world.size, batch_norm=batch_norm_scope(config, world))
+        print(recipe_line(config), flush=True)
+        claimed.enter_context(run.claimed())  # one job per run folder, from here to the end
         state, cursor = run.resume(trainee, config, record) if config.resume else (RunState(), None)
         run.open(record, fresh=state.epoch == 0 and cursor is None)
-        if state.epoch >= config.epochs:
-            print(f"{config.save_dir} has already completed {state.epoch} epochs", flush=True)
-            return state
-
-        batches = TrainBatches(train_split, config.bs, trainee.generators["data"])
-        eval_attack = per_epoch_attack(config, trainee.generators["eval"])
-        autocast = autocast_factory(config.precision, device)
-        eval_bs, first_epoch = config.eval_bs, state.epoch + 1
-        with GracefulStop() as stop:
-            for epoch in range(first_epoch, config.epochs + 1):
-                lr = learning_rate(config.lr_schedule, config.lr_max, epoch - 1, config.epochs, config.milestones,
-                                   config.lr_decay)
-                resume_at = cursor if cursor is not None and cursor["epoch"] == epoch else None
-                cursor = None
-                stats = train_one_epoch(method, trainee, batches, epoch, lr, config, autocast, stop, resume_at)
-                if stats.unfinished is not None:  # a signal arrived mid-epoch
-                    run.save_last(trainee, state, stats.unfinished)
-                    raise RunInterrupted(stop.signal_name, epoch, stats.unfinished["step"])
-
-                eval_start = time.perf_counter()
-                (clean, robust, variance_gap), eval_bs = evaluate(trainee.student, test_split, eval_bs, eval_attack,
-                                                                  config.channels_last, f"epoch {epoch} evaluation")
-                row = results_row(epoch, lr, stats, clean, robust, variance_gap, time.perf_counter() - eval_start)
-                state.history.append(row)
-                state.epoch = epoch
-                if robust > state.best_pgd:
-                    state.best_pgd = robust
-                    run.save_best("best_PGD10_acc_model.pth", trainee, row)
-                if clean > state.best_clean:
-                    state.best_clean = clean
-                    run.save_best("best_clean_acc_model.pth", trainee, row)
-                run.write_results(state.history)
-                run.save_last(trainee, state)
-
-                print(epoch_line(row, stats, config.epochs), flush=True)
-                if stop.signal_name is not None and epoch < config.epochs:
-                    raise RunInterrupted(stop.signal_name, epoch, None)
-                if config.stop_after and epoch - first_epoch + 1 >= config.stop_after and epoch < config.epochs:
-                    print(f"stopped after {config.stop_after} epochs (--stop_after); continue with --resume",
-                          flush=True)
-                    break
+    except UserError as error:
+        setup_error = error
+    world.agree_error(setup_error)
+    if state.epoch >= config.epochs:
+        print(f"{config.save_dir} has already completed {state.epoch} epochs", flush=True)
         return state
+
+    trainee.distribute(world, device)
+    batches = TrainBatches(train_split, config.bs, trainee.generators["data"], shard=Shard(world.rank, world.size))
+    eval_attack = per_epoch_attack(config, trainee.generators["eval"])
+    autocast = autocast_factory(config.precision, device)
+    eval_bs, first_epoch = config.eval_bs, state.epoch + 1
+    with GracefulStop() as stop:
+        for epoch in range(first_epoch, config.epochs + 1):
+            lr = learning_rate(config.lr_schedule, config.lr_max, epoch - 1, config.epochs, config.milestones,
+                               config.lr_decay)
+            resume_at = cursor if cursor is not None and cursor["epoch"] == epoch else None
+            cursor = None
+            stats = train_one_epoch(method, trainee, batches, epoch, lr, config, autocast, stop, resume_at, world)
+            if stats.unfinished is not None:  # a signal arrived mid-epoch
+                run.save_last(trainee, state, stats.unfinished)
+                raise RunInterrupted(stop.signal_name, epoch, stats.unfinished["step"])
+
+            eval_start = time.perf_counter()
+            world.broadcast_buffers(trainee.student)  # the model evaluated and saved is process 0's
+            (clean, robust, variance_gap), eval_bs = evaluate(trainee.student, test_split, eval_bs, eval_attack,
+                                                              config.channels_last, f"epoch {epoch} evaluation",
+                                                              world)
+            row = results_row(epoch, lr, stats, clean, robust, variance_gap, time.perf_counter() - eval_start)
+            state.history.append(row)
+            state.epoch = epoch
+            if robust > state.best_pgd:
+                state.best_pgd = robust
+                run.save_best("best_PGD10_acc_model.pth", trainee, row)
+            if clean > state.best_clean:
+                state.best_clean = clean
+                run.save_best("best_clean_acc_model.pth", trainee, row)
+            run.write_results(state.history)
+            run.save_last(trainee, state)
+
+            print(epoch_line(row, stats, config.epochs), flush=True)
+            if stop.agreed(world) is not None and epoch < config.epochs:
+                raise RunInterrupted(stop.signal_name, epoch, None)
+            if config.stop_after and epoch - first_epoch + 1 >= config.stop_after and epoch < config.epochs:
+                print(f"stopped after {config.stop_after} epochs (--stop_after); continue with --resume", flush=True)
+                break
+    return state
+
+
+def check_world(config, world: World) -> None:
+    """What a distributed job needs of the flags, before any data is read."""
+    if config.sync_bn and not torch.cuda.is_available():
+        raise UserError("--sync_bn needs GPUs: PyTorch's SyncBatchNorm does not run on the CPU (gloo); without it "
+                        "each process normalises its own shard of the batch")
+    if world.distributed and config.bs < world.size:
+        raise UserError(f"--bs {config.bs} is smaller than the {world.size} processes of the job: --bs is the whole "
+                        f"batch, split across them; pass --bs {world.size} or more")
+
+
+def check_shards(config, world: World, train_images: int, test_images: int) -> None:
+    """Every process gets at least one image of every training batch and of the evaluation."""
+    last = train_images % config.bs
+    if world.distributed and 0 < last < world.size:
+        raise UserError(f"the last training batch holds {last} images ({train_images} % --bs {config.bs}), fewer "
+                        f"than the {world.size} processes: choose a --bs or --train_subset that leaves none or at "
+                        f"least {world.size}")
+    if world.distributed and min(config.eval_bs, test_images) < world.size:
+        raise UserError(f"the evaluation needs at least one image per process: --eval_bs {config.eval_bs} and "
+                        f"{test_images} test images for {world.size} processes")
+
+
+def batch_norm_scope(config, world: World) -> str:
+    """What the student's BatchNorm layers normalise over in training (recorded in config.json)."""
+    if not world.distributed:
+        return "the whole batch (one process)"
+    if config.sync_bn:
+        return f"the whole batch (SyncBatchNorm over {world.size} processes)"
+    return f"each process's shard (about {config.bs // world.size} of --bs {config.bs}, {world.size} processes)"
 
 
 def results_row(epoch: int, lr: float, stats: "EpochStats", clean: float, robust: float, variance_gap: float,
@@ -145,9 +199,12 @@ class EpochStats:
 
 
 def train_one_epoch(method: Method, trainee: Trainee, batches: TrainBatches, epoch: int, lr: float, config,
-                    autocast: Optional[Callable], stop: GracefulStop, resume_at: Optional[Dict] = None) -> EpochStats:
+                    autocast: Optional[Callable], stop: GracefulStop, resume_at: Optional[Dict] = None,
+                    world: World = World()) -> EpochStats:
     """One pass over the training set. `resume_at` (from an interrupted run's last.pth) replays the
-    batches already taken, without training on them, so that the epoch ends exactly as unbroken."""
+    batches already taken, without training on them, so that the epoch ends exactly as unbroken.
+    In a distributed job each process trains on its rows of every batch; the loss, the totals and
+    the decision to stop are those of the whole batch, the same on every process."""
     device = batches.split.labels.device
     data_stream = trainee.generators["data"]
     for group in trainee.optimizer.param_groups:
@@ -163,12 +220,16 @@ def train_one_epoch(method: Method, trainee: Trainee, batches: TrainBatches, epo
     progress = Progress(len(batches.split), f"epoch {epoch}/{config.epochs}", initial=totals.seen)
     pending_check, skipped = None, 0
     with progress:
-        for step, (x, y) in enumerate(batches):
+        for step, (x, y, rows) in enumerate(batches):
             if step < done:
                 continue  # replayed only to advance the data stream exactly as the interrupted run did
             x = prepare_batch(x, config.channels_last)
+            if not config.sync_bn:
+                world.broadcast_buffers(trainee.student)  # every process attacks the model process 0 saves
             terms, out = training_step(method, trainee.student, trainee.teacher, x, y, epoch,
-                                       generator=trainee.generators["attack"], autocast=autocast, extra=trainee.extra)
+                                       generator=trainee.generators["attack"], autocast=autocast,
+                                       extra=trainee.trained_extra, world=world, rows=rows,
+                                       trained_student=trainee.trained_student)
             loss = terms["loss"]
             finite = torch.isfinite(loss.detach())
             if config.nan_policy == "skip":
@@ -182,16 +243,16 @@ def train_one_epoch(method: Method, trainee: Trainee, batches: TrainBatches, epo
             trainee.optimizer.step()
             if config.nan_policy == "stop":
                 pending_check = FiniteCheck(finite, epoch, step + 1)
-            n = y.shape[0]
+            n = out.y.shape[0]  # the whole batch
             totals.seen += n
             totals.loss += loss.detach() * n
-            totals.correct += (out.trained_logits.detach().argmax(1) == y).sum()
+            totals.correct += (out.trained_logits.detach().argmax(1) == out.y).sum()
             if method.parts:
                 totals.parts += torch.stack([terms[name].detach().float() for name in method.parts]) * n
             progress.update(n)
             if progress.bar is not None and step % 20 == 0:  # one host sync per 20 steps, for the display only
                 progress.note(f"loss {(totals.loss / totals.seen).item():.4f}")
-            if stop.signal_name is not None:
+            if stop.agreed(world) is not None:
                 if pending_check is not None:
                     pending_check.check()
                 totals.seconds = time.perf_counter() - start
@@ -213,13 +274,17 @@ def per_epoch_attack(config, generator: torch.Generator) -> Callable:
                          generator=generator)
 
 
-def halving_on_oom(measure: Callable[[int], Tuple], batch_size: int) -> Tuple[Tuple, int]:
+def halving_on_oom(measure: Callable[[int], Tuple], batch_size: int, world: World = World()) -> Tuple[Tuple, int]:
     """measure(batch_size) at the largest batch size that fits: halved on each CUDA out-of-memory
-    error; returns the result and the size that worked (the run keeps it)."""
+    error; returns the result and the size that worked (the run keeps it). A distributed job's
+    processes share each batch, so one of them cannot change it alone: it stops instead."""
     while True:
         try:
             return measure(batch_size), batch_size
         except torch.cuda.OutOfMemoryError:
+            if world.distributed:
+                raise UserError(f"evaluation ran out of GPU memory at --eval_bs {batch_size} ({world.size} "
+                                f"processes share each batch); resume with a smaller --eval_bs") from None
             if batch_size == 1:
                 raise
             batch_size //= 2
@@ -228,16 +293,18 @@ def halving_on_oom(measure: Callable[[int], Tuple], batch_size: int) -> Tuple[Tu
 
 
 def evaluate(student: nn.Module, split: Split, batch_size: int, attack: Callable, channels_last: bool = False,
-             desc: str = "evaluation") -> Tuple[Tuple[float, float, float], int]:
+             desc: str = "evaluation", world: World = World()) -> Tuple[Tuple[float, float, float], int]:
     """Clean and PGD-10 accuracy, and the student's variance gap tr Cov(f(x')) - tr Cov(f(x))
-    (docs/methods.md section 7.4) from the features of the same forward passes."""
+    (docs/methods.md section 7.4) from the features of the same forward passes. In a distributed
+    job each process evaluates its rows of every batch and the counts and moments are reduced:
+    every process gets the single-process numbers."""
     def measure(size: int) -> Tuple[float, float, float]:
         clean_moments, adv_moments = FeatureMoments(), FeatureMoments()
         with Progress(2 * len(split), desc) as progress:
             clean = attack_accuracy(student, split, size, moments=clean_moments, channels_last=channels_last,
-                                    progress=progress.update)
+                                    progress=progress.update, world=world)
             progress.note("PGD-10")
             robust = attack_accuracy(student, split, size, attack=attack, moments=adv_moments,
-                                     channels_last=channels_last, progress=progress.update)
+                                     channels_last=channels_last, progress=progress.update, world=world)
         return clean, robust, adv_moments.trace_cov() - clean_moments.trace_cov()
-    return halving_on_oom(measure, batch_size)
+    return halving_on_oom(measure, batch_size, world)

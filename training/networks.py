@@ -65,6 +65,20 @@ class Trainee:
     extra: Optional[nn.Module]
     optimizer: torch.optim.Optimizer
     generators: Dict[str, torch.Generator]
+    # The handles the training forwards go through: the student and the extra module under
+    # DistributedDataParallel in a distributed job (`distribute`), the modules themselves otherwise.
+    trained_student: Optional[nn.Module] = None
+    trained_extra: Optional[nn.Module] = None
+
+    def __post_init__(self):
+        if self.trained_student is None:
+            self.trained_student = self.student
+        if self.trained_extra is None:
+            self.trained_extra = self.extra
+
+    def distribute(self, world, device: torch.device) -> None:
+        """Wrap the trained networks for `world` (a collective: every process calls it)."""
+        self.trained_student, self.trained_extra = world.wrap(self.student, device), world.wrap(self.extra, device)
 
     def resume_state(self) -> Dict[str, Any]:
         """What last.pth adds to a checkpoint for an exact resume (besides the weights)."""
@@ -78,8 +92,11 @@ class Trainee:
         restore_rng_state(payload["rng"], self.generators)
 
 
-def build_trainee(config, method: Method, num_classes: int, device: torch.device) -> Trainee:
+def build_trainee(config, method: Method, num_classes: int, device: torch.device, sync_bn: bool = False) -> Trainee:
+    """sync_bn: BatchNorm over the whole batch of a distributed job (SyncBatchNorm; same state dict)."""
     student = build_checked(build_model, config.model, num_classes, "--model").to(device)
+    if sync_bn:
+        student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
     teacher = None
     if method.needs_teacher:
         teacher = load_teacher(config.teacher_model, config.teacher_path, config.dataset, num_classes, device)

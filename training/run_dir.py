@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from runtime.checkpoints import atomic_save, atomic_write_json, atomic_write_text, safe_load
 from runtime.errors import UserError
 
-from .config import OPERATIONAL_FLAGS
+from .config import ADDED_DEFAULTS, OPERATIONAL_FLAGS
 from .networks import Trainee
 
 CHECKPOINT_FILES = ("last.pth", "best_PGD10_acc_model.pth", "best_clean_acc_model.pth", "results.csv")
@@ -26,7 +26,9 @@ RESULT_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "test_clean_acc", "te
 # A resume may change the operational flags and the provenance of the code it runs on. Every other
 # entry of the run's record (each flag, the teacher's sha256, the image counts) defines the run, and
 # a resume that changes one is refused.
-OPERATIONAL = OPERATIONAL_FLAGS | {"recipe_source", "git_commit", "torch_version", "device", "paper", "summary"}
+# How many processes trained it, and so what each BatchNorm normalised over, may change too.
+OPERATIONAL = OPERATIONAL_FLAGS | {"recipe_source", "git_commit", "torch_version", "device", "paper", "summary",
+                                   "world_size", "batch_norm"}
 
 
 def identity_differences(saved: Dict, record: Dict) -> List[str]:
@@ -35,10 +37,11 @@ def identity_differences(saved: Dict, record: Dict) -> List[str]:
         return json.loads(json.dumps(value, default=str))  # tuples and lists compare alike
     found = []
     for key in sorted(set(saved) | set(record)):
-        if key in OPERATIONAL or plain(saved.get(key)) == plain(record.get(key)):
+        before = saved.get(key, ADDED_DEFAULTS.get(key))
+        if key in OPERATIONAL or plain(before) == plain(record.get(key)):
             continue
         name = "teacher file sha256" if key == "teacher_sha256" else f"--{key}"
-        found.append(f"{name} {saved.get(key)!r} (now {record.get(key)!r})")
+        found.append(f"{name} {before!r} (now {record.get(key)!r})")
     return found
 
 
@@ -71,10 +74,13 @@ def checkpoint_payload(trainee: Trainee, row: Optional[Dict], record: Dict, resu
 
 
 class RunDirectory:
-    def __init__(self, path: str, fields: Sequence[str], resume: bool, overwrite: bool):
+    def __init__(self, path: str, fields: Sequence[str], resume: bool, overwrite: bool, writer: bool = True):
         """Refuse to clobber a run, and find an unwritable folder before any work is done.
-        Nothing is created here: a run that fails to start leaves no trace."""
-        self.root, self.fields, self.record = path, list(fields), None
+        Nothing is created here: a run that fails to start leaves no trace.
+
+        writer: False in the processes of a distributed job other than process 0, which make the
+        same checks and read what a resume needs but write nothing (docs/distributed.md)."""
+        self.root, self.fields, self.record, self.writer = path, list(fields), None, writer
         existing = [f for f in CHECKPOINT_FILES if os.path.exists(self.file(f))]
         if existing and not (resume or overwrite):
             raise UserError(f"{path} already holds a run ({', '.join(existing)}); pass --resume to "
@@ -93,7 +99,11 @@ class RunDirectory:
     def claimed(self):
         """One process per run folder: an exclusive lock on <save_dir>/.lock for as long as the run
         lives. The OS drops the lock when the process dies, so a killed run never blocks its own
-        resume; a second process on a busy folder is refused, naming the holder."""
+        resume; a second process on a busy folder is refused, naming the holder. Process 0 holds it
+        for a distributed job."""
+        if not self.writer:
+            yield
+            return
         try:
             os.makedirs(self.root, exist_ok=True)
         except OSError as exc:
@@ -158,14 +168,18 @@ class RunDirectory:
     def open(self, record: Dict, fresh: bool) -> None:
         """Write config.json in the claimed folder; a fresh run (--overwrite) first removes every
         file of the run it replaces."""
+        self.record = record
+        if not self.writer:
+            return
         if fresh:
             for name in CHECKPOINT_FILES:
                 if os.path.exists(self.file(name)):
                     os.unlink(self.file(name))
-        self.record = record
         atomic_write_json(self.file("config.json"), record)
 
     def write_results(self, rows: List[Dict]) -> None:
+        if not self.writer:
+            return
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=self.fields, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
@@ -173,10 +187,14 @@ class RunDirectory:
         atomic_write_text(self.file("results.csv"), buffer.getvalue())
 
     def save_best(self, name: str, trainee: Trainee, row: Dict) -> None:
+        if not self.writer:
+            return
         atomic_save(checkpoint_payload(trainee, row, self.record), self.file(name))
 
     def save_last(self, trainee: Trainee, state: RunState, cursor: Optional[Dict] = None) -> None:
         """last.pth: all a resume needs. `cursor` marks a save in the middle of an epoch."""
+        if not self.writer:
+            return
         resume = dict(trainee.resume_state(), best={"PGD10_acc": state.best_pgd, "clean_acc": state.best_clean},
                       history=state.history, in_progress=cursor)
         row = state.history[-1] if state.history else None

@@ -1,9 +1,10 @@
 """SIGINT, SIGTERM and SIGUSR2 (what schedulers send: SLURM's warning before a time limit or a
 pre-emption is SIGUSR2 under submitit) ask the run to finish its step, save last.pth and stop."""
 import signal
-import sys
 import threading
 from typing import Optional
+
+from runtime.errors import report
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
@@ -30,8 +31,15 @@ class GracefulStop:
         if self.signal_name is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal_name = signal.Signals(signum).name
-        print(f"\n{self.signal_name} received: finishing the current step, then saving last.pth",
-              file=sys.stderr, flush=True)
+        report(f"\n{self.signal_name} received: finishing the current step, then saving last.pth")
+
+    def agreed(self, world) -> Optional[str]:
+        """The job's stop signal, the same on every process of a distributed job (any process's
+        signal stops all of them after the same step); `signal_name` in a single process."""
+        number = world.agree_stop(0 if self.signal_name is None else int(signal.Signals[self.signal_name]))
+        if number and self.signal_name is None:
+            self.signal_name = signal.Signals(number).name
+        return self.signal_name if number else None
 
     def __enter__(self) -> "GracefulStop":
         if threading.current_thread() is threading.main_thread():
