@@ -26,7 +26,7 @@ from models import build_model
 from runtime.checkpoints import atomic_write_json
 from runtime.device import configure_determinism, device_name, make_generator, resolve_device, seed_everything
 from runtime.distributed import World, join
-from runtime.errors import UserError, exit_on_user_error
+from runtime.errors import UserError, exit_on_user_error, report
 from runtime.precision import autocast_factory, compute_dtype, prepare_batch, prepare_model
 from training.config import build_parser, resolve
 from training.networks import frozen, load_teacher
@@ -145,7 +145,7 @@ def run_bench(cfg, config, world: World = World()) -> Dict:
     configure_determinism(cfg.deterministic)  # as training does: cuDNN autotuning unless --deterministic
     seed_everything(cfg.seed)
 
-    print(f"measuring the matmul peak on {device_name(device)} ...", file=sys.stderr, flush=True)
+    report(f"measuring the matmul peak on {device_name(device)} ...")
     peaks = {"fp32": matmul_peak_tflops(device, torch.float32)}
     if cfg.precision != "fp32":
         peaks[cfg.precision] = matmul_peak_tflops(device, compute_dtype(cfg.precision))
@@ -201,7 +201,7 @@ def run_bench(cfg, config, world: World = World()) -> Dict:
     for network in (student, teacher):
         prepare_model(network, cfg.channels_last, cfg.compile)
     results = {}
-    print(f"timing ours: {cfg.warmup} warm-up + {cfg.steps} steps ...", file=sys.stderr, flush=True)
+    report(f"timing ours: {cfg.warmup} warm-up + {cfg.steps} steps ...")
     results["ours"] = time_path("ours", ours, device_batches, (student, teacher), cfg, device, clock)
     # The job's throughput against the peak of all its devices.
     add_rates(results["ours"], ours_flops, peaks[cfg.precision] * world.size)
@@ -210,13 +210,13 @@ def run_bench(cfg, config, world: World = World()) -> Dict:
 
     if not cfg.no_plain:
         plain_batches = host_batches(host, cfg.bs, device, workers=cfg.plain_workers, seed=cfg.seed)
-        print(f"timing plain: {cfg.warmup} warm-up + {cfg.steps} steps ...", file=sys.stderr, flush=True)
+        report(f"timing plain: {cfg.warmup} warm-up + {cfg.steps} steps ...")
         results["plain"] = time_path("plain", plain, plain_batches, (plain_student, plain_teacher), cfg, device, clock)
         x, y = next(plain_batches)
         add_rates(results["plain"], count_flops(lambda: plain(x, y)) // cfg.bs, peaks["fp32"])
         results["plain"].update(precision="fp32", channels_last=False, compile=False)
 
-    report = {
+    figures = {
         "device": device_name(device), "torch_version": str(torch.__version__), "processes": world.size,
         "tf32_convolutions": bool(torch.backends.cudnn.allow_tf32) if device.type == "cuda" else False,
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if device.type == "cuda" else False,
@@ -232,9 +232,9 @@ def run_bench(cfg, config, world: World = World()) -> Dict:
     if "plain" in results:
         ours_r, plain_r = results["ours"], results["plain"]
         compute = {name: r["ms_per_step"] - r["ms_per_step_by_phase"]["data"] for name, r in results.items()}
-        report["speedup"] = ours_r["images_per_second"] / plain_r["images_per_second"]
-        report["speedup_excluding_data"] = compute["plain"] / compute["ours"]
-    return report
+        figures["speedup"] = ours_r["images_per_second"] / plain_r["images_per_second"]
+        figures["speedup_excluding_data"] = compute["plain"] / compute["ours"]
+    return figures
 
 
 def format_report(report: Dict) -> str:
@@ -270,10 +270,8 @@ def main(argv=None) -> int:
         config = resolve(cfg)
         validate(cfg)
         world = join(config.dist_timeout, torch.cuda.is_available())
-        try:
-            report = run_bench(cfg, config, world)
-        finally:
-            world.leave()
+        report = run_bench(cfg, config, world)
+        world.leave()
         print(format_report(report), flush=True)
         if cfg.json is not None and world.main:
             atomic_write_json(cfg.json, report)

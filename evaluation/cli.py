@@ -19,6 +19,7 @@ from data import DEFAULT_DATA_DIR, Split, dataset_info, load_split
 from models import build_model, is_known_model, model_names
 from runtime.checkpoints import atomic_write_json, build_checked, load_weights, safe_load, sha256_of
 from runtime.device import device_name, git_commit, resolve_device, seed_everything
+from runtime.distributed import launched_world_size, quiet_unless_first
 from runtime.errors import UserError, exit_on_user_error, require_255_units, warn
 from runtime.help import HelpFormatter
 from runtime.progress import Progress
@@ -297,8 +298,12 @@ def evaluate(cfg) -> Dict:
 
 
 def main(defaults: Dict, description: str, argv: Optional[Sequence[str]] = None) -> int:
+    quiet_unless_first()
     with exit_on_user_error():
         try:
+            if launched_world_size() > 1:
+                raise UserError("main_eval.py evaluates in one process: run it with python, not torchrun (under "
+                                "torchrun, training runs shard their per-epoch evaluation)")
             cfg = build_parser(defaults, description).parse_args(argv)
             cfg.command = [os.path.basename(sys.argv[0])] + list(sys.argv[1:] if argv is None else argv)
             evaluate(resolve(cfg))

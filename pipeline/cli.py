@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--account", default=None, help="sbatch --account")
     g.add_argument("--qos", default=None, help="sbatch --qos")
     g.add_argument("--constraint", default=None, help="sbatch --constraint (e.g. a GPU type)")
-    g.add_argument("--gpus", type=int, default=1, help="GPUs per job")
+    p.add_argument("--gpus", type=int, default=1,
+                   help="GPUs per training run (both launchers): more than 1 runs it under torchrun, one process "
+                        "per GPU on one node (docs/distributed.md); evaluations take one")
     g.add_argument("--cpus", type=int, default=8, help="CPU cores per job")
     g.add_argument("--time", type=int, default=24 * 60,
                    help="time limit per job, in minutes; a run that reaches it saves last.pth and is requeued")
@@ -63,9 +65,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.workers < 0:
                 raise UserError(f"--workers must be >= 1 (or 0 for the default), got {args.workers}")
             gpus = local_gpus() if args.launcher == "local" and not args.dry_run else 0
-            args.workers = args.workers or default_workers(gpus)
+            if args.gpus < 1:
+                raise UserError(f"--gpus must be >= 1 (GPUs per training run), got {args.gpus}")
+            if gpus and args.gpus > gpus:
+                raise UserError(f"--gpus {args.gpus} per training run, but this machine has {gpus} GPUs")
+            args.workers = args.workers or default_workers(gpus // args.gpus if gpus else 0)
             root = args.root or os.path.join("checkpoints", "reproduce", preset.name)
-            plan = Plan(preset, os.path.abspath(root), args.data_dir)
+            plan = Plan(preset, os.path.abspath(root), args.data_dir, args.gpus)
             print(f"preset {preset.name}: {preset.description}", flush=True)
             teacher = preset.teacher.path if preset.teacher else None
             missing = teacher is not None and not os.path.isfile(os.path.join(REPO, teacher))
@@ -79,8 +85,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 f"{preset.teacher.model} there (published teachers: checkpoints/README.md)")
             if not os.path.isdir(args.data_dir):
                 raise UserError(f"--data_dir {args.data_dir} is not a folder; see README, Data")
-            slurm = {k: getattr(args, k) for k in ("partition", "account", "qos", "constraint", "gpus", "cpus",
-                                                   "time", "array_parallelism")}
+            slurm = {k: getattr(args, k) for k in ("partition", "account", "qos", "constraint", "cpus", "time",
+                                                   "array_parallelism")}
             launcher = Launcher(args.launcher, os.path.join(plan.root, "jobs"), REPO, args.workers, slurm, args.poll,
                                 gpus)
             states = execute(plan, launcher)

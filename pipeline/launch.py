@@ -27,7 +27,7 @@ class CommandJob:
         self._child: Optional[subprocess.Popen] = None
 
     def __call__(self) -> str:
-        for argv in self.commands:
+        for argv in self.commands:  # argv: a script and its flags, or ['-m', 'torch.distributed.run', ...]
             print(f"$ python {shlex.join(argv)}", flush=True)
             self._child = subprocess.Popen([sys.executable, *argv], cwd=self.cwd, env={**os.environ, **self.env})
             status = self._child.wait()
@@ -101,7 +101,7 @@ class Launcher:
             except RuntimeError as exc:  # no srun on this machine
                 raise UserError(f"--launcher slurm: {exc} Run reproduce.py on the cluster's login node, or use "
                                 f"--launcher local") from None
-            params = {"timeout_min": slurm["time"], "gpus_per_node": slurm["gpus"], "tasks_per_node": 1,
+            params = {"timeout_min": slurm["time"], "tasks_per_node": 1,
                       "cpus_per_task": slurm["cpus"], "slurm_array_parallelism": slurm["array_parallelism"],
                       "slurm_signal_delay_s": STOP_GRACE_S + 30, "name": "advkd"}
             for key in ("partition", "account", "qos", "constraint"):
@@ -112,8 +112,14 @@ class Launcher:
             self.workers = 10 ** 9  # SLURM queues the array; --array_parallelism caps it
 
     def submit(self, jobs: List[Job], env: Optional[Dict[str, str]] = None):
-        callables = [CommandJob(job.name, job.commands, self.repo, dict(self.env, **(env or {}))) for job in jobs]
+        """One SLURM array of `jobs` (they share one stage, and so a GPU count) or, locally, one job."""
+        gpus = max(job.gpus for job in jobs)
+        env = dict(self.env, **(env or {}))
+        if gpus > 1:  # torchrun's processes share the job's cores
+            env["OMP_NUM_THREADS"] = str(max(1, int(env["OMP_NUM_THREADS"]) // gpus))
+        callables = [CommandJob(job.name, job.commands, self.repo, env) for job in jobs]
         if self.kind == "slurm":
+            self.executor.update_parameters(gpus_per_node=gpus)
             with self.executor.batch():  # one job array
                 handles = [self.executor.submit(c) for c in callables]
             return handles
@@ -166,13 +172,15 @@ class Launcher:
             else:
                 for job in ready[:max(0, self.workers - len(running))]:
                     waiting.remove(job)
-                    env, on = {}, ""
+                    env, on, gpus = {}, "", []
                     if self.gpu_load:  # one job per GPU while there are enough: main.py's --gpu_id 0 is it
-                        gpu = min(self.gpu_load, key=lambda g: (self.gpu_load[g], g))
-                        self.gpu_load[gpu] += 1
-                        env, on = {"CUDA_VISIBLE_DEVICES": str(gpu)}, f" on GPU {gpu}"
+                        gpus = sorted(self.gpu_load, key=lambda g: (self.gpu_load[g], g))[:job.gpus]
+                        for gpu in gpus:
+                            self.gpu_load[gpu] += 1
+                        listed = ",".join(map(str, gpus))
+                        env, on = {"CUDA_VISIBLE_DEVICES": listed}, f" on GPU{'s' if len(gpus) > 1 else ''} {listed}"
                     handle = self.submit([job], env)[0]
-                    handle.gpu = env.get("CUDA_VISIBLE_DEVICES")
+                    handle.gpus = gpus
                     running[job.name] = (job, handle, time.time())
                     states[job.name] = "running"
                     print(f"[{clock()}] started {job.name}{on} (log {handle.paths.stdout})", flush=True)
@@ -192,8 +200,8 @@ class Launcher:
                 if not handle.done():
                     continue
                 del running[name]
-                if getattr(handle, "gpu", None) is not None:
-                    self.gpu_load[int(handle.gpu)] -= 1
+                for gpu in getattr(handle, "gpus", []):
+                    self.gpu_load[gpu] -= 1
                 elapsed = took(time.time() - (started or time.time()))
                 error = handle.exception()
                 done, what = job.status()

@@ -27,6 +27,7 @@ class Job:
     needs: List[str] = field(default_factory=list)
     state: Any = None  # a function () -> (done: bool, what: str)
     checkpoint: Optional[str] = None  # what an evaluation job evaluates
+    gpus: int = 1  # a training run on several runs under torchrun, one process per GPU
 
     def status(self):
         return self.state()
@@ -125,9 +126,13 @@ def report_state(folder: str, inputs: Sequence[str]):
     return state
 
 
+# A training run on several GPUs of one node: one process per GPU (docs/distributed.md).
+TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+
+
 class Plan:
-    def __init__(self, preset: Preset, root: str, data_dir: str):
-        self.preset, self.root, self.data_dir = preset, root, data_dir
+    def __init__(self, preset: Preset, root: str, data_dir: str, gpus_per_run: int = 1):
+        self.preset, self.root, self.data_dir, self.gpus_per_run = preset, root, data_dir, gpus_per_run
         tiny = preset.dataset == "Tiny_Image"
         self.train_script = "main_tiny.py" if tiny else "main.py"
         self.eval_script = "main_eval_tinyimagenet.py" if tiny else "main_eval.py"
@@ -151,7 +156,8 @@ class Plan:
         if teacher:
             command += ["--teacher_model", self.preset.teacher.model, "--teacher_path", self.teacher_path]
         # --resume starts a new run in an empty folder and continues an interrupted one.
-        return command + flag_args(flags) + ["--resume"]
+        command += flag_args(flags) + ["--resume"]
+        return TORCHRUN + [str(self.gpus_per_run)] + command if self.gpus_per_run > 1 else command
 
     def add_teacher(self) -> None:
         teacher = self.preset.teacher
@@ -160,7 +166,8 @@ class Plan:
         command = self.training_command(folder, teacher.model, teacher.method, teacher.seed, flags, False)
         expected = dict(flags, method=teacher.method, model=teacher.model, seed=teacher.seed,
                         dataset=self.preset.dataset)
-        self.jobs.append(Job("train teacher", "teacher", [command], folder, [], training_state(folder, expected)))
+        self.jobs.append(Job("train teacher", "teacher", [command], folder, [], training_state(folder, expected),
+                             gpus=self.gpus_per_run))
         self.teacher_path = os.path.join(folder, BEST_PGD)  # a robust teacher: its best-PGD-10 epoch
 
     def add_student(self, method: str, seed: int) -> Job:
@@ -170,7 +177,8 @@ class Plan:
         command = self.training_command(folder, self.preset.student, method, seed, flags, needs_teacher)
         needs = ["train teacher"] if needs_teacher and self.teacher_path != self.preset.teacher.path else []
         expected = dict(flags, method=method, model=self.preset.student, seed=seed, dataset=self.preset.dataset)
-        job = Job(f"train {method} seed {seed}", "train", [command], folder, needs, training_state(folder, expected))
+        job = Job(f"train {method} seed {seed}", "train", [command], folder, needs, training_state(folder, expected),
+                  gpus=self.gpus_per_run)
         self.jobs.append(job)
         return job
 

@@ -8,6 +8,7 @@ distributed code at all.
 """
 import datetime
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any, List, Optional, Tuple
@@ -18,6 +19,10 @@ import torch.nn as nn
 
 from . import errors, progress
 from .errors import UserError
+
+
+class JobError(UserError):
+    """A setup error raised on every process of the job alike (`World.agree_error`)."""
 
 
 class _ScaleGradient(torch.autograd.Function):
@@ -133,11 +138,31 @@ class World:
         dist.all_gather_object(messages, None if error is None else str(error), group=self.control)
         for rank, message in enumerate(messages):
             if message is not None:
-                raise UserError(message if rank == 0 else f"process {rank} of {self.size}: {message}")
+                raise JobError(message if rank == 0 else f"process {rank} of {self.size}: {message}")
 
-    def leave(self) -> None:
-        if self.distributed and dist.is_initialized():
+    def leave(self, together: bool = True) -> None:
+        """Close the process group. `together`: every process got here the same way (the run ended,
+        stopped on a signal or failed the same setup check), so they first wait for each other:
+        none closes its connections while another still uses them. Otherwise (one process failed
+        alone) the group is left to the exit, and torchrun ends the others."""
+        if self.distributed and dist.is_initialized() and together:
+            dist.barrier(group=self.control)
             dist.destroy_process_group()
+
+
+def lost_peer(error: BaseException) -> bool:
+    """Whether `error` is a collective failing because another process of the job is gone: NCCL's
+    errors and timeouts (DistError), gloo's closed connections and timeouts."""
+    text = str(error)
+    return isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and (
+        "gloo" in text and ("Connection closed by peer" in text or "Timed out" in text
+                            or "Connection reset" in text)))
+
+
+def peer_failure(error: BaseException) -> str:
+    """The gist of a collective's error: its first sentence, without the source location."""
+    first = re.sub(r"^\[[^\]]*\]\s*", "", str(error).strip().splitlines()[0] if str(error).strip() else "")
+    return first.split(". ")[0].rstrip(".") or type(error).__name__
 
 
 def launched_world_size() -> int:
@@ -172,6 +197,13 @@ def join(timeout_minutes: float, use_cuda: bool) -> World:
     if not world.main:
         quiet_follower()
     return world
+
+
+def quiet_unless_first() -> None:
+    """Called first by the entry scripts: under torchrun only process 0 says anything, from the
+    first message on (argument errors come before the job is joined)."""
+    if os.environ.get("RANK", "0") != "0":
+        quiet_follower()
 
 
 def quiet_follower() -> None:

@@ -251,10 +251,11 @@ def fake_slurm(tmp_path, monkeypatch):
 
 def test_slurm_gets_one_array_per_stage_with_the_cluster_flags(tmp_path, monkeypatch):
     fake_slurm(tmp_path, monkeypatch)
-    slurm = {"partition": "gpu", "account": "proj", "qos": "high", "constraint": "a100", "gpus": 2, "cpus": 6,
+    slurm = {"partition": "gpu", "account": "proj", "qos": "high", "constraint": "a100", "cpus": 6,
              "time": 600, "array_parallelism": 2}
     launcher = launch.Launcher("slurm", str(tmp_path / "jobs"), REPO, 1, slurm)
-    jobs = [launch.Job(f"train M seed {k}", "train", [["main.py", "--seed", str(k)]], str(tmp_path)) for k in range(3)]
+    jobs = [launch.Job(f"train M seed {k}", "train", [["main.py", "--seed", str(k)]], str(tmp_path), gpus=2)
+            for k in range(3)]
     handles = launcher.submit(jobs)
     assert [h.job_id for h in handles] == ["4242_0", "4242_1", "4242_2"]
     script = (tmp_path / "submitted.sh").read_text()
@@ -262,6 +263,15 @@ def test_slurm_gets_one_array_per_stage_with_the_cluster_flags(tmp_path, monkeyp
                  "--gpus-per-node=2", "--cpus-per-task=6", "--time=600", "--signal=USR2@180"):
         assert f"#SBATCH {line}\n" in script, line
     assert launcher.env == {"OMP_NUM_THREADS": "6"}
+    # An evaluation array takes one GPU, whatever the training runs take.
+    launcher.submit([launch.Job("evaluate M seed 0", "evaluate", [["main_eval.py"]], str(tmp_path))])
+    assert "#SBATCH --gpus-per-node=1\n" in (tmp_path / "submitted.sh").read_text()
+
+
+def test_gpus_per_run_trains_under_torchrun_and_evaluates_in_one_process(capsys, tmp_path):
+    out = dry_run(capsys, "--preset", "cifar10-mini", "--root", str(tmp_path / "r"), "--gpus", "4")
+    assert "python -m torch.distributed.run --standalone --nproc_per_node 4 main.py --dataset CIFAR10" in out
+    assert "    python main_eval.py " in out and "nproc_per_node 4 main_eval.py" not in out
 
 
 def test_slurm_on_a_machine_without_it_is_a_one_line_error(capsys, tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ import shlex
 import sys
 from typing import Dict, Optional, Sequence
 
+from runtime.distributed import quiet_unless_first
 from runtime.errors import exit_on_user_error, report
 
 from .config import build_parser, resolve
@@ -25,6 +26,7 @@ def resume_command(script: str, args: Sequence[str]) -> str:
 
 
 def main(prog_defaults: Dict, description: str, argv: Optional[Sequence[str]] = None) -> int:
+    quiet_unless_first()
     with exit_on_user_error():
         try:
             fit(resolve(build_parser(prog_defaults, description).parse_args(argv)))

@@ -18,7 +18,7 @@ from evaluation.accuracy import FeatureMoments, attack_accuracy, pgd_ce_attack
 from methods import Method, configure, training_step
 from runtime.checkpoints import sha256_of
 from runtime.device import configure_determinism, device_name, git_commit, resolve_device, seed_everything
-from runtime.distributed import World, join
+from runtime.distributed import JobError, World, join, lost_peer, peer_failure
 from runtime.errors import UserError
 from runtime.precision import autocast_factory, prepare_batch
 from runtime.progress import Progress
@@ -35,11 +35,23 @@ EVAL_PGD_STEPS = 10
 
 def fit(config) -> RunState:
     world = join(config.dist_timeout, torch.cuda.is_available())
+    together = False  # whether every process ends the same way (see World.leave)
     try:
         with contextlib.ExitStack() as claimed:
-            return train(config, world, claimed)
+            state = train(config, world, claimed)
+        together = True
+        return state
+    except (RunInterrupted, JobError):  # a stop and a setup error are agreed by all the processes
+        together = True
+        raise
+    except Exception as error:
+        if world.distributed and lost_peer(error):
+            raise UserError(f"process {world.rank} of {world.size} lost the others ({peer_failure(error)}): another "
+                            f"process stopped first (torchrun names it, its log says why); after fixing that, "
+                            f"resume with --resume") from None
+        raise
     finally:
-        world.leave()
+        world.leave(together)
 
 
 def train(config, world: World, claimed: contextlib.ExitStack) -> RunState:
