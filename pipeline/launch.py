@@ -16,6 +16,7 @@ from .plan import STAGES, Job, Plan
 
 STOP_GRACE_S = 150  # how long a pre-empted child may take to save last.pth
 FINISHED = ("done", "skipped (done)")
+TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR2"  # torchrun's own list, and USR2
 LOCAL_TIMEOUT_MIN = 60 * 24 * 30  # no time limit on this machine (submitit's local default is 2 minutes)
 
 
@@ -117,6 +118,9 @@ class Launcher:
         env = dict(self.env, **(env or {}))
         if gpus > 1:  # torchrun's processes share the job's cores
             env["OMP_NUM_THREADS"] = str(max(1, int(env["OMP_NUM_THREADS"]) // gpus))
+            # SLURM's USR2 warning reaches torchrun too: it must pass it on to its processes (which save
+            # last.pth) rather than die of it.
+            env["TORCHELASTIC_SIGNALS_TO_HANDLE"] = TORCHRUN_SIGNALS
         callables = [CommandJob(job.name, job.commands, self.repo, env) for job in jobs]
         if self.kind == "slurm":
             self.executor.update_parameters(gpus_per_node=gpus)

@@ -126,6 +126,7 @@ def test_a_run_recorded_before_sync_bn_existed_still_resumes():
 
 # -- two processes against one ----------------------------------------------------------------------
 
+@pytest.mark.slow  # processes
 def test_every_method_trains_and_evaluates_on_two_processes_as_on_one(tmp_path):
     """One epoch of two steps (7 then 3 images: shards of 3/4 and 1/2) of every method, on a network
     without BatchNorm, then the sharded evaluation: the weights agree up to float rounding, the
@@ -153,6 +154,7 @@ def test_every_method_trains_and_evaluates_on_two_processes_as_on_one(tmp_path):
     assert evaluation_two["variance_gap"] == pytest.approx(evaluation_one["variance_gap"], rel=1e-9)
 
 
+@pytest.mark.slow  # processes
 def test_a_setup_error_stops_every_process_with_one_line(tmp_path):
     code, out, err = finished(torchrun("main.py", "--method", "PGDAT", "--bs", "1", "--save_dir", str(tmp_path / "r"),
                                        "--data_dir", str(tmp_path / "none")), timeout=120)
@@ -163,6 +165,7 @@ def test_a_setup_error_stops_every_process_with_one_line(tmp_path):
     assert "Traceback" not in err.split("error:")[0] and not os.path.exists(tmp_path / "r")
 
 
+@pytest.mark.slow  # processes
 def test_sync_bn_on_the_cpu_is_a_one_line_error(tmp_path):
     from helpers import run_script
     result = run_script("main.py", "--method", "PGDAT", "--sync_bn", "--save_dir", str(tmp_path / "r"),
@@ -245,6 +248,7 @@ def test_sigterm_to_torchrun_saves_last_once_and_the_resume_is_bitwise(tmp_path,
     assert [r["test_PGD10_acc"] for r in a["history"]] == [r["test_PGD10_acc"] for r in b["history"]]
 
 
+@pytest.mark.slow  # processes
 def test_main_eval_under_torchrun_is_refused_in_one_line(tmp_path):
     code, _, err = finished(torchrun("main_eval.py", "--model_path", str(tmp_path / "m.pth")), timeout=120)
     assert code != 0
@@ -253,6 +257,7 @@ def test_main_eval_under_torchrun_is_refused_in_one_line(tmp_path):
         "runs shard their per-epoch evaluation)"], err
 
 
+@pytest.mark.slow  # processes
 def test_bench_under_torchrun_reports_the_job_and_each_process(tmp_path):
     out_json = tmp_path / "bench.json"
     code, out, err = finished(torchrun("bench.py", "--method", "PGDAT", "--model", "wideresnet10_1", "--bs", "8",
