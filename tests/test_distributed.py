@@ -118,6 +118,22 @@ def test_the_resume_command_under_torchrun_names_the_process_counts(monkeypatch)
     assert resume_command("main.py", []) == "torchrun --nproc_per_node 8 main.py --resume"
 
 
+def test_a_follower_run_directory_checks_and_reads_but_writes_nothing(tmp_path):
+    from training.networks import Trainee
+    from training.run_dir import RunDirectory, RunState
+    student = torch.nn.Linear(2, 2)
+    trainee = Trainee(student, None, None, torch.optim.SGD(student.parameters(), lr=0.1), {})
+    folder = tmp_path / "run"
+    run = RunDirectory(str(folder), ["epoch"], resume=False, overwrite=False, writer=False)
+    with run.claimed():
+        run.open({"model": "linear", "num_classes": 2}, fresh=True)
+        row = {"epoch": 1, "test_clean_acc": 1.0, "test_PGD10_acc": 0.5}
+        run.write_results([row])
+        run.save_best("best_PGD10_acc_model.pth", trainee, row)
+        run.save_last(trainee, RunState(1, 0.5, 1.0, [row]))
+    assert not folder.exists()
+
+
 def test_a_run_recorded_before_sync_bn_existed_still_resumes():
     record = {"method": "DGAD", "sync_bn": False, "world_size": 2, "batch_norm": "each process's shard"}
     assert identity_differences({"method": "DGAD", "world_size": 1}, record) == []
@@ -268,3 +284,25 @@ def test_bench_under_torchrun_reports_the_job_and_each_process(tmp_path):
     assert report["processes"] == 2 and "plain" not in report["paths"]
     assert ours["images_per_second_per_process"] == pytest.approx(ours["images_per_second"] / 2)
     assert out.count("2 processes (torchrun)") == 1 and err.count("timing ours") == 1
+
+
+def children(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def test_a_process_that_dies_takes_the_job_down_in_one_line(tmp_path, real_data_dir, small_teacher):
+    save_dir = str(tmp_path / "run")
+    job = torchrun(*dgad_args(real_data_dir, small_teacher, save_dir, 512, 3))
+    deadline = time.time() + 120
+    while not os.path.exists(os.path.join(save_dir, "config.json")) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    workers = children(job.pid)
+    assert len(workers) == 2
+    os.kill(workers[-1], signal.SIGKILL)
+    start = time.time()
+    code, out, err = finished(job, timeout=120)
+    assert code == 1 and time.time() - start < 60, err
+    lost = [line for line in err.splitlines() if line.startswith("error: process 0 of 2 lost the others")]
+    assert len(lost) == 1 and "resume with --resume" in lost[0], err
