@@ -33,3 +33,13 @@ def real_data_dir():
     if not done:
         subprocess.run([sys.executable, prepare, DATA_CACHE], check=True, capture_output=True)
     return DATA_CACHE
+
+
+@pytest.fixture(scope="session")
+def small_teacher(tmp_path_factory):
+    """A randomly initialised wideresnet10_1 teacher checkpoint for CIFAR-10 (the cost of a teacher, not its skill)."""
+    from models import build_model
+    path = tmp_path_factory.mktemp("teacher") / "wrn10_1.pth"
+    torch.manual_seed(0)
+    torch.save({"net": build_model("wideresnet10_1", 10).state_dict()}, path)
+    return str(path)

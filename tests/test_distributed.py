@@ -16,7 +16,6 @@ from data import Shard, Split, TrainBatches
 from data import test_batches as batches_in_order
 from evaluation.accuracy import FeatureMoments
 from helpers import REPO
-from models import build_model
 from runtime.distributed import World, lost_peer, peer_failure
 from training.cli import resume_command
 from training.run_dir import identity_differences
@@ -195,14 +194,6 @@ def test_sync_bn_on_the_cpu_is_a_one_line_error(tmp_path):
 SMALL = ["--model", "wideresnet10_1", "--teacher_model", "wideresnet10_1", "--bs", "32", "--num_steps", "2",
          "--test_subset", "64"]
 RUN_FILES = ["best_PGD10_acc_model.pth", "best_clean_acc_model.pth", "config.json", "last.pth", "results.csv"]
-
-
-@pytest.fixture(scope="module")
-def small_teacher(tmp_path_factory):
-    path = tmp_path_factory.mktemp("teacher") / "wrn10_1.pth"
-    torch.manual_seed(0)
-    torch.save({"net": build_model("wideresnet10_1", 10).state_dict()}, path)
-    return str(path)
 
 
 def dgad_args(real_data_dir, teacher, save_dir, images, epochs):

@@ -3,7 +3,6 @@ import csv
 import json
 import os
 
-import pytest
 import torch
 
 from models import build_model
@@ -13,14 +12,6 @@ SMALL = ["--model", "wideresnet10_1", "--teacher_model", "wideresnet10_1", "--bs
          "--train_subset", "96", "--test_subset", "64"]
 FIELDS = ["epoch", "lr", "train_loss", "train_acc", "test_clean_acc", "test_PGD10_acc", "epoch_seconds",
           "images_per_second"]
-
-
-@pytest.fixture(scope="module")
-def small_teacher(tmp_path_factory):
-    path = tmp_path_factory.mktemp("teacher") / "wrn10_1.pth"
-    torch.manual_seed(0)
-    torch.save({"net": build_model("wideresnet10_1", 10).state_dict()}, path)
-    return str(path)
 
 
 def rows(save_dir):
