@@ -16,6 +16,7 @@ from data import Shard, Split, TrainBatches
 from data import test_batches as batches_in_order
 from evaluation.accuracy import FeatureMoments
 from helpers import REPO
+from models import build_model
 from runtime.distributed import World, lost_peer, peer_failure
 from training.cli import resume_command
 from training.run_dir import identity_differences
@@ -297,3 +298,17 @@ def test_a_process_that_dies_takes_the_job_down_in_one_line(tmp_path, real_data_
     assert code == 1 and time.time() - start < 60, err
     lost = [line for line in err.splitlines() if line.startswith("error: process 0 of 2 lost the others")]
     assert len(lost) == 1 and "resume with --resume" in lost[0], err
+
+
+def test_main_tiny_under_torchrun(tmp_path, real_data_dir):
+    teacher = tmp_path / "teacher.pth"
+    torch.save(build_model("wideresnet10_1", 200).state_dict(), teacher)
+    save_dir = str(tmp_path / "tiny")
+    code, out, err = finished(torchrun("main_tiny.py", "--model", "wideresnet10_1", "--teacher_model", "wideresnet10_1",
+                                       "--teacher_path", str(teacher), "--data_dir", real_data_dir, "--epochs", "1",
+                                       "--bs", "16", "--num_steps", "1", "--train_subset", "32", "--test_subset", "16",
+                                       "--save_dir", save_dir))
+    assert code == 0, err
+    assert out.count("epoch 1/1") == 1 and sorted(os.listdir(save_dir)) == RUN_FILES
+    config = json.load(open(os.path.join(save_dir, "config.json")))
+    assert config["dataset"] == "Tiny_Image" and config["world_size"] == 2
