@@ -19,7 +19,7 @@ from methods import Method, configure, training_step
 from runtime.checkpoints import sha256_of
 from runtime.device import configure_determinism, device_name, git_commit, resolve_device, seed_everything
 from runtime.distributed import JobError, World, join, lost_peer, peer_failure
-from runtime.errors import UserError
+from runtime.errors import UserError, warn
 from runtime.precision import autocast_factory, prepare_batch
 from runtime.progress import Progress
 
@@ -135,6 +135,8 @@ def check_world(config, world: World) -> None:
     if config.sync_bn and not torch.cuda.is_available():
         raise UserError("--sync_bn needs GPUs: PyTorch's SyncBatchNorm does not run on the CPU (gloo); without it "
                         "each process normalises its own shard of the batch")
+    if world.distributed and config.gpu_id != 0:
+        warn(f"--gpu_id {config.gpu_id} is ignored under torchrun: each process uses the GPU of its LOCAL_RANK")
     if world.distributed and config.bs < world.size:
         raise UserError(f"--bs {config.bs} is smaller than the {world.size} processes of the job: --bs is the whole "
                         f"batch, split across them; pass --bs {world.size} or more")
