@@ -98,20 +98,23 @@ def plain_attack(method: Method, student: nn.Module, teacher: Optional[nn.Module
 
 def plain_step(method: Method, student: nn.Module, teacher: Optional[nn.Module], x: torch.Tensor,
                y: torch.Tensor, epoch: int, generator: Optional[torch.Generator] = None,
-               extra: Optional[nn.Module] = None):
+               extra: Optional[nn.Module] = None, natural_teacher: Optional[nn.Module] = None):
     """(loss terms, StepOutputs) as `training_step` returns them, computed the released loops' way."""
     x_adv = plain_attack(method, student, teacher, x, y, generator) if method.attack is not None else x
     out = StepOutputs(y=y, epoch=epoch, extra=extra)
-    inputs = {"s_clean": (student, x), "s_adv": (student, x_adv), "t_clean": (teacher, x), "t_adv": (teacher, x_adv)}
+    x_minus = x - (x_adv - x)
+    inputs = {"s_clean": (student, x), "s_adv": (student, x_adv), "t_clean": (teacher, x), "t_adv": (teacher, x_adv),
+              "n_clean": (natural_teacher, x), "n_adv": (natural_teacher, x_adv), "s_minus": (student, x_minus),
+              "t_minus": (teacher, x_minus)}
     with module_mode(student, True):
-        for key in method.forward_sequence(epoch):
+        for key in method.passes(epoch):
             model, batch = inputs[key]
             if model is student:
                 setattr(out, key, forward(student, batch, key, out, method.with_features))
             else:
                 with torch.no_grad():
-                    setattr(out, key, forward(teacher, batch, key, out, method.with_features))
-    terms = method.loss(out)
+                    setattr(out, key, forward(model, batch, key, out, method.with_features))
+    terms = method.terms(out)
     if "st_fraction" in terms:
         float(terms["st_fraction"])  # DGAD's n_ST read on the host before the loss is formed
     int((out.trained_logits.argmax(1) == y).sum())  # the progress bar's correct count

@@ -6,7 +6,7 @@ Teacher logits are targets only: they are detached here, whatever the caller pas
 ARD, RSLAD and AdaAD code use) or 'batchmean' (summed over classes, averaged over samples).
 Each `*_terms` returns the total under 'loss' and its unweighted parts (0 where switched off);
 each `*_loss` is that total."""
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -97,3 +97,58 @@ def adaad_terms(s_clean: torch.Tensor, s_adv: torch.Tensor, t_clean: torch.Tenso
 
 def adaad_loss(*args, **kwargs) -> torch.Tensor:
     return adaad_terms(*args, **kwargs)["loss"]
+
+
+def akd_terms(s_adv: torch.Tensor, t_adv: torch.Tensor, n_adv: torch.Tensor, y: torch.Tensor, a_robust: float,
+              a_natural: float, temperature: float) -> Dict[str, torch.Tensor]:
+    """AKD: (1 - a1 - a2) CE(S(x'), y) + a1 tau^2 KL(T_AT(x') || S(x')) + a2 tau^2 KL(T_ST(x') || S(x')), every KL
+    tempered by tau, summed over classes and averaged over samples; parts 'ce', 'kl_robust', 'kl_natural'
+    (before the weights and tau^2)."""
+    ce = F.cross_entropy(s_adv, y)
+    kl_robust = kl_batchmean(t_adv.detach(), s_adv, temperature)
+    kl_natural = kl_batchmean(n_adv.detach(), s_adv, temperature)
+    loss = (1 - a_robust - a_natural) * ce + temperature ** 2 * (a_robust * kl_robust + a_natural * kl_natural)
+    return {"loss": loss, "ce": ce, "kl_robust": kl_robust, "kl_natural": kl_natural}
+
+
+def kl_mean_entries_eps(target_logits: torch.Tensor, logits: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """MTARD's own KL: the mean over the N*C entries of p (log(p + eps) - log q), p = softmax(target),
+    q = softmax(logits) (the eps keeps log p finite)."""
+    p = F.softmax(target_logits.detach(), dim=1)
+    return (p * (torch.log(p + eps) - F.log_softmax(logits, dim=1))).mean()
+
+
+def mtard_weight_update(w_nat: torch.Tensor, kl_adv: torch.Tensor, kl_nat: torch.Tensor, first_adv: torch.Tensor,
+                        first_nat: torch.Tensor, rate: float, power: float = 1.0) -> torch.Tensor:
+    """MTARD's adaptive weight of the natural teacher after one batch: each loss relative to its value on
+    the run's first batch, r = (L / L_first) ** power, and w_nat moves by `rate` towards
+    r_nat / (r_adv + r_nat): the teacher whose loss has fallen less gets more weight. w_adv = 1 - w_nat."""
+    r_adv = (kl_adv.detach().double() / first_adv).pow(power)
+    r_nat = (kl_nat.detach().double() / first_nat).pow(power)
+    return w_nat - rate * (w_nat - r_nat / (r_adv + r_nat))
+
+
+def mtard_terms(s_clean: torch.Tensor, s_adv: torch.Tensor, t_adv: torch.Tensor, n_clean: torch.Tensor,
+                w_nat: torch.Tensor, first_adv: Optional[torch.Tensor], first_nat: Optional[torch.Tensor],
+                rate: float, power: float = 1.0, scale: float = 1.0) -> Dict[str, torch.Tensor]:
+    """MTARD: w_adv KL(T_adv(x') || S(x')) + w_nat KL(T_nat(x) || S(x)), each KL MTARD's N*C-entry mean
+    (times `scale`: 10 on CIFAR-100), with the weights already moved by this batch's losses
+    (`mtard_weight_update`; `first_*` None: this is the run's first batch, whose losses become the
+    references). Parts 'kl_adv', 'kl_nat' (scaled, before the weights) and 'w_adv'; the state for the next
+    batch (float64) under 'next_w_nat', 'first_adv', 'first_nat'."""
+    kl_adv = scale * kl_mean_entries_eps(t_adv, s_adv)
+    kl_nat = scale * kl_mean_entries_eps(n_clean, s_clean)
+    if first_adv is None:
+        first_adv, first_nat = kl_adv.detach().double(), kl_nat.detach().double()
+    w_nat = mtard_weight_update(w_nat, kl_adv, kl_nat, first_adv, first_nat, rate, power)
+    w_adv = 1 - w_nat
+    loss = w_adv.to(kl_adv.dtype) * kl_adv + w_nat.to(kl_nat.dtype) * kl_nat
+    return {"loss": loss, "kl_adv": kl_adv, "kl_nat": kl_nat, "w_adv": w_adv.to(kl_adv.dtype),
+            "next_w_nat": w_nat, "first_adv": first_adv, "first_nat": first_nat}
+
+
+def igdm_term(s_plus: torch.Tensor, s_minus: torch.Tensor, t_plus: torch.Tensor,
+              t_minus: torch.Tensor) -> torch.Tensor:
+    """IGDM: KL(softmax(T(x + d) - T(x - d)) || softmax(S(x + d) - S(x - d))), summed over classes and averaged
+    over samples, d = x' - x: the student's logit difference across the perturbation matches the teacher's."""
+    return kl_batchmean((t_plus - t_minus).detach(), s_plus - s_minus)

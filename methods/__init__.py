@@ -3,11 +3,13 @@ module here, and its class in the table below (whose order is the order --help l
 from .adversarial_training import PGDAT, TRADES, Natural
 from .base import AttackSpec, Budget, Method, Option, StepOutputs, attack_target, forward, training_step
 from .dgad import DGAD
-from .distillation import ARD, IAD, RSLAD, AdaAD
+from .distillation import ARD, IAD, RSLAD, AdaAD, AdaIAD
+from .igdm import IGDM
+from .multi_teacher import AKD, MTARD
 from .registry import MethodTable
 from .vargap import VarGap
 
-METHODS = MethodTable([Natural, PGDAT, TRADES, ARD, IAD, RSLAD, AdaAD, DGAD, VarGap])
+METHODS = MethodTable([Natural, PGDAT, TRADES, ARD, IAD, RSLAD, AKD, AdaAD, AdaIAD, MTARD, IGDM, DGAD, VarGap])
 get_method = METHODS.get
 method_names = METHODS.names
 all_options = METHODS.all_options

@@ -17,7 +17,9 @@ from runtime.distributed import World
 from .recipes import Recipe
 
 TARGETS = ("labels", "teacher_clean", "student_clean", "teacher")
-FORWARDS = ("s_clean", "s_adv", "t_clean", "t_adv")
+# s: the student, t: the (adversarially trained) teacher, n: the naturally trained second teacher of
+# AKD and MTARD; each on clean (x) and adversarial (x' = x + d) inputs, and on x - d (IGDM's term).
+FORWARDS = ("s_clean", "s_adv", "t_clean", "t_adv", "n_clean", "n_adv", "s_minus", "t_minus")
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,10 @@ class StepOutputs:
     s_adv: Optional[torch.Tensor] = None
     t_clean: Optional[torch.Tensor] = None
     t_adv: Optional[torch.Tensor] = None
+    n_clean: Optional[torch.Tensor] = None
+    n_adv: Optional[torch.Tensor] = None
+    s_minus: Optional[torch.Tensor] = None
+    t_minus: Optional[torch.Tensor] = None
     features: Dict[str, torch.Tensor] = field(default_factory=dict)  # same keys, with_features only
     extra: Optional[nn.Module] = None  # the run's extra_module (e.g. VarGap's projector), if any
 
@@ -95,6 +101,7 @@ class Method:
     summary: str = ""
     paper: str = ""
     needs_teacher: bool = False
+    needs_natural_teacher: bool = False  # a second, naturally trained teacher (--teacher_st_model/_path)
     attack: Optional[AttackSpec] = None
     # The forward passes after the attack, in the order the released code runs them (each train()
     # pass of the student moves its BatchNorm statistics, so the order and the repeats are part of
@@ -106,9 +113,43 @@ class Method:
     options: Dict[str, Option] = {}
     parts: Tuple[str, ...] = ()  # the loss's named parts besides 'loss'
     recipe: Optional[Recipe] = None  # what the released code trains with (--recipe released)
+    # Plug-in terms this method composes with when their options turn them on (e.g. IGDM's); each
+    # adds its passes after the method's and its term to the method's loss.
+    plugins: Tuple[type, ...] = ()
 
     def __init__(self, config):
         self.budget = Budget(config.epsilon / 255, config.step_size / 255, config.num_steps)
+        self.active_plugins = tuple(plugin(config) for plugin in self.plugins if plugin.enabled(config))
+
+    def logged_parts(self) -> Tuple[str, ...]:
+        """The parts results.csv logs: the method's, then its active plug-ins'."""
+        return tuple(self.parts) + tuple(part for plugin in self.active_plugins for part in plugin.parts)
+
+    def passes(self, epoch: int) -> Tuple[str, ...]:
+        """This epoch's forward passes: the method's sequence, then what its plug-ins add."""
+        sequence = tuple(self.forward_sequence(epoch))
+        for plugin in self.active_plugins:
+            sequence += tuple(key for key in plugin.passes if key not in sequence)
+        return sequence
+
+    def terms(self, out: "StepOutputs") -> Dict[str, torch.Tensor]:
+        """The method's loss and parts, with its plug-ins' terms added."""
+        terms = self.loss(out)
+        for plugin in self.active_plugins:
+            terms = plugin.add(terms, out)
+        return terms
+
+    @classmethod
+    def natural_teacher_model(cls, args) -> Optional[str]:
+        """The second teacher's architecture when --teacher_st_model is not given."""
+        return None
+
+    def state_dict(self) -> Dict[str, Any]:
+        """What the method itself learns during a run (MTARD's adaptive weights): saved in last.pth."""
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        pass
 
     def forward_sequence(self, epoch: int) -> Tuple[str, ...]:
         """The forward passes of this epoch's steps (IAD adds one after its warm-up)."""
@@ -176,7 +217,8 @@ def training_step(method: Method, student: nn.Module, teacher: Optional[nn.Modul
                   y: torch.Tensor, epoch: int, generator: Optional[torch.Generator] = None,
                   autocast: Optional[Callable] = None, extra: Optional[nn.Module] = None,
                   world: World = World(), rows: Optional[Tuple[int, int, int]] = None,
-                  trained_student: Optional[nn.Module] = None) -> Tuple[Dict[str, torch.Tensor], StepOutputs]:
+                  trained_student: Optional[nn.Module] = None, natural_teacher: Optional[nn.Module] = None
+                  ) -> Tuple[Dict[str, torch.Tensor], StepOutputs]:
     """Attack (if the method has one), then the forward passes the loss needs, then the loss.
 
     The student's forward passes run in train() mode, in the method's order (docs/methods.md
@@ -190,7 +232,7 @@ def training_step(method: Method, student: nn.Module, teacher: Optional[nn.Modul
     autocast = autocast or contextlib.nullcontext
     trained_student = trained_student or student
     out = StepOutputs(y=y, epoch=epoch, extra=extra)
-    sequence, features = method.forward_sequence(epoch), method.with_features
+    sequence, features = method.passes(epoch), method.with_features
     x_adv = x
     if method.attack is not None:
         spec = method.attack
@@ -202,8 +244,10 @@ def training_step(method: Method, student: nn.Module, teacher: Optional[nn.Modul
                     loss_fn=spec.inner_loss, init=spec.init, train_mode=spec.train_mode, generator=generator,
                     target=attack_target(spec, student, teacher, x, out.t_clean, autocast), autocast=autocast,
                     batch_rows=rows if world.distributed else None)
+    x_minus = x - (x_adv - x) if "s_minus" in sequence or "t_minus" in sequence else None  # not clamped
     inputs = {"s_clean": (trained_student, x), "s_adv": (trained_student, x_adv), "t_clean": (teacher, x),
-              "t_adv": (teacher, x_adv)}
+              "t_adv": (teacher, x_adv), "n_clean": (natural_teacher, x), "n_adv": (natural_teacher, x_adv),
+              "s_minus": (trained_student, x_minus), "t_minus": (teacher, x_minus)}
     with module_mode(student, True), autocast():
         for key in sequence:
             model, batch = inputs[key]
@@ -211,7 +255,7 @@ def training_step(method: Method, student: nn.Module, teacher: Optional[nn.Modul
                 setattr(out, key, forward(trained_student, batch, key, out, features))
             elif getattr(out, key) is None:
                 with torch.no_grad():
-                    setattr(out, key, forward(teacher, batch, key, out, features))
+                    setattr(out, key, forward(model, batch, key, out, features))
     if world.distributed:
         out = whole_batch(out, world, rows)
-    return method.loss(out), out
+    return method.terms(out), out

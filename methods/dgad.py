@@ -4,6 +4,7 @@ from attacks import kl_sum
 from losses import dgad_terms
 
 from .base import AttackSpec, Method, Option
+from .plugins import IGDM_OPTIONS, IGDMTerm
 from .recipes import released
 
 
@@ -27,7 +28,9 @@ class DGAD(Method):
         "weight_by": Option("configured", choices=("configured", "actual"),
                             help="B in the n_ST/B weights: the configured --bs (authors' code) or the "
                                  "actual size of each batch"),
+        **IGDM_OPTIONS,
     }
+    plugins = (IGDMTerm,)
     parts = ("L_ST", "L_AT", "L_PCR", "st_fraction")
     recipe = released("kunsaram01/DGAD main.py, main_tiny.py", 200, (100, 150), 5e-4)
 

@@ -7,6 +7,7 @@ from attacks import ce_sum, kl_sum
 from losses import adaad_terms, ard_terms, iad_terms, rslad_terms
 
 from .base import AttackSpec, Method, Option
+from .plugins import IGDM_OPTIONS, IGDMTerm
 from .recipes import released
 
 KL_REDUCTION = Option(
@@ -39,7 +40,8 @@ class ARD(Method):
     forwards = ("s_adv", "t_clean", "s_clean")
     options = {"temp": Option(30.0, type=float, low=0, low_open=True, help=TEMPERATURE_HELP),
                "ARD_alpha": Option(1.0, type=float, low=0, high=1, help=ALPHA_HELP),
-               "kl_reduction": KL_REDUCTION}
+               "kl_reduction": KL_REDUCTION, **IGDM_OPTIONS}
+    plugins = (IGDMTerm,)
     parts = ("kl", "ce")
     # Its schedule code sets 0.01 from epoch 100 on (counting from 0) and never lower: the second
     # milestone of its default [100, 150] sets 0.01 again.
@@ -80,7 +82,9 @@ class IAD(Method):
                                         "and on from epoch IAD_begin + 1 (counting from 1)"),
                "IAD_beta": Option(0.1, type=float, low=0,
                                   help="IAD's beta, the exponent of the teacher's trust w_i = P_T(y_i | x'_i)^beta; "
-                                       "the introspection term weighs sample i by 1 - w_i")}
+                                       "the introspection term weighs sample i by 1 - w_i"),
+               **IGDM_OPTIONS}
+    plugins = (IGDMTerm,)
     parts = ("ard", "introspection")
     recipe = released("ZFancy/IAD IAD-I.py (ARD's schedule code)", 200, (100,), 2e-4)
 
@@ -107,7 +111,8 @@ class RSLAD(Method):
     needs_teacher = True
     attack = AttackSpec(inner_loss=kl_sum, init="gauss", train_mode=False, target="teacher_clean")
     forwards = ("s_adv", "s_clean", "t_clean")
-    options = {"kl_reduction": KL_REDUCTION}
+    options = {"kl_reduction": KL_REDUCTION, **IGDM_OPTIONS}
+    plugins = (IGDMTerm,)
     parts = ("kl_adv", "kl_clean")
     recipe = released("zibojia/RSLAD resnet18_rslad_cifar10.py", 300, (215, 260, 285), 2e-4)
 
@@ -133,7 +138,8 @@ class AdaAD(Method):
     forwards = ("s_clean", "s_adv", "t_clean", "t_adv")
     options = {"AdaAD_alpha": Option(1.0, type=float, low=0, high=1,
                                      help="alpha: weight of the adversarial KL; 1 - alpha weighs the clean KL"),
-               "kl_reduction": KL_REDUCTION}
+               "kl_reduction": KL_REDUCTION, **IGDM_OPTIONS}
+    plugins = (IGDMTerm,)
     parts = ("kl_adv", "kl_clean")
     # Its main.py defaults to epsilon 16 and step 4; the paper's CIFAR runs, and this default, use 8 and 2.
     recipe = released("boyellow/AdaAD main.py", 200, (100, 150), 5e-4)
@@ -148,3 +154,37 @@ class AdaAD(Method):
     def loss(self, out):
         return adaad_terms(out.s_clean, out.s_adv, out.t_clean, out.t_adv, alpha=self.alpha,
                            reduction=self.reduction)
+
+
+class AdaIAD(Method):
+    name = "AdaIAD"
+    summary = ("AdaAD's attack; alpha tau^2 KL(T(x') || S(x')) + (1 - alpha) CE(S(x), y), plus after --IAD_begin "
+               "epochs IAD's introspection KL(S(x) || S(x')) weighted by 1 - P_T(y | x')^beta")
+    paper = ("AdaAD with IAD's introspection (Huang et al., CVPR 2023: the AdaAD_with_IAD1 method of its released "
+             "code)")
+    needs_teacher = True
+    attack = AdaAD.attack
+    # main.py's AdaAD_with_IAD1: S(x), S(x'), T(x'), then after the warm-up S(x) as the introspection
+    # target, and S(x) for the (1 - alpha) CE term, computed even at alpha = 1.
+    forwards = ("s_clean", "s_adv", "t_adv", "s_clean")
+    options = {"temp": Option(30.0, type=float, low=0, low_open=True, help=TEMPERATURE_HELP),
+               "ARD_alpha": IAD.options["ARD_alpha"], "IAD_begin": IAD.options["IAD_begin"],
+               "IAD_beta": IAD.options["IAD_beta"], **IGDM_OPTIONS}
+    plugins = (IGDMTerm,)
+    parts = ("ard", "introspection")
+    # Its main.py defaults to epsilon 16 and step 4, as for AdaAD; the paper's CIFAR runs use 8 and 2.
+    recipe = released("boyellow/AdaAD main.py (AdaAD_with_IAD1)", 200, (100, 150), 5e-4)
+
+    def __init__(self, config):
+        super().__init__(config)
+        o = config.options
+        self.alpha, self.temperature, self.beta, self.begin = o["ARD_alpha"], o["temp"], o["IAD_beta"], o["IAD_begin"]
+
+    def forward_sequence(self, epoch):
+        return self.forwards + ("s_clean",) if introspection_on(epoch, self.begin) else self.forwards
+
+    def loss(self, out):
+        # IAD's loss with the teacher's adversarial prediction as the distillation target.
+        return iad_terms(out.s_clean, out.s_adv, out.t_adv, out.t_adv, out.y, alpha=self.alpha,
+                         temperature=self.temperature, beta=self.beta,
+                         introspect=introspection_on(out.epoch, self.begin))

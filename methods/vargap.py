@@ -13,10 +13,12 @@ import torch.nn as nn
 from losses import variance_gap_terms
 
 from .adversarial_training import PGDAT, TRADES
-from .base import FORWARDS, Method, Option
+from .base import Method, Option
+from .plugins import IGDM_OPTIONS
 from .dgad import DGAD
 from .distillation import ARD, IAD, RSLAD, AdaAD
 
+ALIGNED = ("s_clean", "s_adv", "t_clean", "t_adv")  # the passes whose features the alignment reads
 BASES = {cls.name: cls for cls in (PGDAT, TRADES, ARD, IAD, RSLAD, AdaAD, DGAD)}
 DEFAULT_BASE = "RSLAD"
 APPROXIMATE = "approximate re-implementation from the paper's abstract only; not the authors' code or exact losses"
@@ -59,7 +61,7 @@ class VarGap(Method):
     @staticmethod
     def with_every_pass(sequence):
         """The base's passes in its order, then any it lacks: the alignment reads all four."""
-        return tuple(sequence) + tuple(key for key in FORWARDS if key not in sequence)
+        return tuple(sequence) + tuple(key for key in ALIGNED if key not in sequence)
 
     def forward_sequence(self, epoch):
         return self.with_every_pass(self.base.forward_sequence(epoch))
@@ -70,7 +72,8 @@ class VarGap(Method):
 
     @classmethod
     def options_for(cls, args):
-        return {**VARGAP_OPTIONS, **BASES[getattr(args, "vg_base", None) or DEFAULT_BASE].options}
+        base = BASES[getattr(args, "vg_base", None) or DEFAULT_BASE].options
+        return {**VARGAP_OPTIONS, **{name: option for name, option in base.items() if name not in IGDM_OPTIONS}}
 
     def extra_module(self, student: nn.Module, teacher: Optional[nn.Module]) -> nn.Module:
         """P: student features -> teacher width, for the covariance term (a bias would cancel in Cov).

@@ -17,7 +17,7 @@ from training.run_dir import OPERATIONAL
 BEST_PGD, BEST_CLEAN = "best_PGD10_acc_model.pth", "best_clean_acc_model.pth"
 # Entries of config.json that do not separate two groups: the seed (aggregated over), where and how
 # fast a run ran (training.run_dir.OPERATIONAL), and what follows from the method.
-NOT_DEFINING = OPERATIONAL | {"seed", "loss_parts", "teacher_sha256"}
+NOT_DEFINING = OPERATIONAL | {"seed", "loss_parts", "teacher_sha256", "teacher_st_sha256"}
 
 
 def reported_checkpoint(method: str) -> str:

@@ -48,14 +48,17 @@ def one_epoch(name, world):
     student, teacher = NoNormNet(), frozen(NoNormNet(width=8))
     extra = method.extra_module(student, teacher)
     params = list(student.parameters()) + ([] if extra is None else list(extra.parameters()))
-    trainee = Trainee(student, teacher, extra, build_optimizer(config, params), run_generators("cpu", 3))
+    natural = frozen(NoNormNet(width=5)) if method.needs_natural_teacher else None
+    trainee = Trainee(student, teacher, extra, build_optimizer(config, params), run_generators("cpu", 3),
+                      natural_teacher=natural, method=method)
     trainee.distribute(world, torch.device("cpu"))
     batches = TrainBatches(images(10, 1), config.bs, trainee.generators["data"], shard=Shard(world.rank, world.size))
     epoch = config.epochs  # past every warm-up (IAD's introspection runs)
     stats = train_one_epoch(method, trainee, batches, epoch, 0.1, config, None, GracefulStop(), None, world)
     return {"weights": {k: v.clone() for k, v in student.state_dict().items()},
             "extra": None if extra is None else {k: v.clone() for k, v in extra.state_dict().items()},
-            "loss": stats.loss, "accuracy": stats.accuracy, "parts": stats.parts, "seen": stats.seen}
+            "loss": stats.loss, "accuracy": stats.accuracy, "parts": stats.parts, "seen": stats.seen,
+            "method_state": method.state_dict()}
 
 
 def evaluation(world):

@@ -154,13 +154,16 @@ def test_every_method_trains_and_evaluates_on_two_processes_as_on_one(tmp_path):
     code, _, err = finished(torchrun(WORKER, two))
     assert code == 0, err
     a, b = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
-    assert a.keys() == b.keys() and {"DGAD", "PGDAT", "TRADES", "VarGap", "evaluation"} <= set(a)
+    assert a.keys() == b.keys() and {"DGAD", "PGDAT", "TRADES", "VarGap", "AKD", "MTARD", "evaluation"} <= set(a)
+    assert a["MTARD"]["method_state"]["w_nat"] != 0.5  # moved by the second batch
     for name in set(a) - {"evaluation"}:
         for key, value in a[name]["weights"].items():
             assert torch.allclose(b[name]["weights"][key], value, rtol=1e-5, atol=1e-7), (name, key)
         if a[name]["extra"] is not None:
             for key, value in a[name]["extra"].items():
                 assert torch.allclose(b[name]["extra"][key], value, rtol=1e-5, atol=1e-7), (name, key)
+        for key, value in a[name]["method_state"].items():  # MTARD's adaptive weights
+            assert torch.allclose(b[name]["method_state"][key], value, rtol=1e-6), (name, key)
         assert b[name]["seen"] == a[name]["seen"] == 10 and b[name]["accuracy"] == a[name]["accuracy"]
         assert b[name]["loss"] == pytest.approx(a[name]["loss"], rel=1e-5)
         assert b[name]["parts"] == pytest.approx(a[name]["parts"], rel=1e-5, abs=1e-9)

@@ -53,28 +53,30 @@ def test_plain_and_fast_paths_agree_in_fp32(name):
     cfg = make_cfg(name)
     method = configure(cfg)
     student, teacher = networks(teacher=method.needs_teacher)
+    natural = networks(seed=3)[1] if method.needs_natural_teacher else None
     plain_student, plain_teacher = plain_models(student, teacher)
     extra = method.extra_module(student, teacher)  # e.g. VarGap's projector, which both paths then share
     x, y = batch()
     fast_seen, h1 = update_inputs(student)
     plain_seen, h2 = update_inputs(plain_student)
     terms, out = training_step(method, student, teacher, x, y, 1, generator=torch.Generator().manual_seed(7),
-                               extra=extra)
+                               extra=extra, natural_teacher=natural)
     plain_terms, plain_out = plain_step(method, plain_student, plain_teacher, x, y, 1,
-                                        generator=torch.Generator().manual_seed(7), extra=extra)
+                                        generator=torch.Generator().manual_seed(7), extra=extra,
+                                        natural_teacher=natural)
     h1.remove(), h2.remove()
-    student_passes = [key for key in method.forward_sequence(1) if key.startswith("s_")]
+    student_passes = [key for key in method.passes(1) if key.startswith("s_")]
     assert len(fast_seen) == len(plain_seen) == len(student_passes)
     assert all(torch.equal(a, b) for a, b in zip(fast_seen, plain_seen))
     x_adv = fast_seen[student_passes.index("s_adv")]
     assert not torch.equal(x_adv, x)
     assert (x_adv - x).abs().max() <= cfg.epsilon / 255 + 1e-6
-    for key in ("s_clean", "s_adv", "t_clean", "t_adv"):
+    for key in ("s_clean", "s_adv", "t_clean", "t_adv", "n_clean", "n_adv", "s_minus", "t_minus"):
         a, b = getattr(out, key), getattr(plain_out, key)
         assert (a is None) == (b is None)
         if a is not None:
             assert torch.equal(a, b), key
-    assert terms.keys() == plain_terms.keys() == {"loss", *method.parts}
+    assert terms.keys() == plain_terms.keys() == {"loss", *method.logged_parts()}
     for key in terms:
         assert torch.equal(terms[key], plain_terms[key]), key
 

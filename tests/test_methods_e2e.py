@@ -74,16 +74,26 @@ def test_trades_teacher_is_loaded_by_a_following_dgad_run(trades_teacher, real_d
     ("IAD", ("--IAD_begin", "0"), {"temp": 1.0, "IAD_begin": 0, "IAD_beta": 0.1}),  # introspection on at once
     ("RSLAD", ("--kl_reduction", "batchmean"), {"kl_reduction": "batchmean"}),
     ("AdaAD", (), {"AdaAD_alpha": 1.0, "kl_reduction": "authors"}),
+    ("AKD", (), {"AKD_a1": 0.5, "AKD_a2": 0.25, "temp": 1.0, "teacher_st_model": MODEL}),
+    ("AdaIAD", ("--IAD_begin", "0"), {"temp": 30.0, "ARD_alpha": 1.0, "IAD_begin": 0, "IAD_beta": 0.1}),
+    ("MTARD", (), {"MTARD_rate": 0.025, "MTARD_power": 1.0, "weight_decay": 2e-4}),
+    ("IGDM", (), {"igdm_alpha": 1.0, "igdm_horizon": 200, "epsilon": 2.0, "step_size": 8.0}),
+    ("DGAD", ("--igdm_alpha", "2"), {"igdm_alpha": 2.0, "ALP_beta": 5.0}),  # the IGDM plug-in on DGAD
     ("VarGap", ("--vg_gram", "1"), {"vg_base": "RSLAD", "vg_cov": 1.0, "vg_gram": 1.0, "kl_reduction": "authors"}),
 ])
 def test_every_method_trains_one_epoch_through_main(method, flags, recorded, trades_teacher, real_data_dir,
                                                     tmp_path, capsys):
     teacher = ("--teacher_model", MODEL, "--teacher_path", trades_teacher) if get_method(method).needs_teacher else ()
+    if get_method(method).needs_natural_teacher:  # any checkpoint of the architecture will do here
+        teacher += ("--teacher_st_model", MODEL, "--teacher_st_path", trades_teacher)
     code = run_main_in_process("--method", method, *TINY, *teacher, *flags, "--data_dir", real_data_dir,
                                "--save_dir", str(tmp_path))
     assert code == 0, capsys.readouterr().err
-    _, config, best = check_run(str(tmp_path), method)
+    row, config, best = check_run(str(tmp_path), method)
     assert {key: config[key] for key in recorded} == recorded
+    parts = list(get_method(method).parts or config["loss_parts"]) + (["igdm"] if config.get("igdm_alpha") else [])
+    assert [key[len("train_"):] for key in row if key.startswith("train_") and key not in ("train_loss", "train_acc")] \
+        == parts == config["loss_parts"]
     if method == "VarGap":
         # The projector (student width -> teacher width) is saved beside the plain student weights.
         assert "approximate re-implementation" in config["summary"]

@@ -30,6 +30,8 @@ class Config:
     method: str
     teacher_model: Optional[str]
     teacher_path: Optional[str]
+    teacher_st_model: Optional[str]
+    teacher_st_path: Optional[str]
     data_dir: str
     download: bool
     save_dir: str
@@ -95,6 +97,10 @@ def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentPars
     g.add_argument("--teacher_model", default=prog_defaults["teacher_model"], help="teacher architecture")
     g.add_argument("--teacher_path", default=None,
                    help="teacher checkpoint (default checkpoints/teachers/<dataset>/<teacher_model>.pth)")
+    g.add_argument("--teacher_st_model", default=None,
+                   help="the naturally trained second teacher of AKD and MTARD (default: each method's)")
+    g.add_argument("--teacher_st_path", default=None,
+                   help="its checkpoint (default checkpoints/teachers/<dataset>/<teacher_st_model>_natural.pth)")
     g.add_argument("--data_dir", default=DEFAULT_DATA_DIR,
                    help="folder holding the dataset's standard layout (a folder of its own, not the data/ code "
                         "package)")
@@ -184,16 +190,19 @@ def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentPars
 # change them, and they are not part of the default folder's name. Every other setting defines the run.
 OPERATIONAL_FLAGS = frozenset({
     "save_dir", "resume", "overwrite", "stop_after", "gpu_id", "eval_bs", "nan_policy", "data_dir", "download",
-    "deterministic", "channels_last", "compile", "teacher_path", "recipe_overrides", "dist_timeout"})
+    "deterministic", "channels_last", "compile", "teacher_path", "teacher_st_path", "recipe_overrides",
+    "dist_timeout"})
 # Defining settings added after runs were made with this code: a run without one in its record
 # had this value (its resume and its default folder are unchanged).
-ADDED_DEFAULTS = {"sync_bn": False}
+ADDED_DEFAULTS = {"sync_bn": False, "teacher_st_model": None}
 
 
 def default_save_dir(args, method_options) -> str:
     parts = [args.model]
     if get_method(args.method).needs_teacher:
         parts.append(f"T-{args.teacher_model}")
+    if get_method(args.method).needs_natural_teacher:
+        parts.append(f"TS-{args.teacher_st_model}")
     parts += [f"eps{args.epsilon:g}", f"k{args.num_steps}", f"a{args.step_size:g}", f"bs{args.bs}",
               f"lr{args.lr_max:g}", args.lr_schedule, f"e{args.epochs}"]
     for name, option in method_options.items():
@@ -302,7 +311,9 @@ def resolve(args: argparse.Namespace) -> Config:
         method = get_method(args.method)
     except KeyError:
         raise UserError(f"unknown --method {args.method!r}; choose from {', '.join(method_names())}") from None
-    for flag in ("model", "teacher_model"):
+    if method.needs_natural_teacher and args.teacher_st_model is None:
+        args.teacher_st_model = method.natural_teacher_model(args)
+    for flag in ("model", "teacher_model") + (("teacher_st_model",) if method.needs_natural_teacher else ()):
         if not is_known_model(getattr(args, flag)):
             raise UserError(f"unknown --{flag} {getattr(args, flag)!r}; choose from {', '.join(model_names())}")
     own = method.options_for(args)  # VarGap also reads the options of its --vg_base
@@ -338,6 +349,14 @@ def resolve(args: argparse.Namespace) -> Config:
         args.teacher_path = os.path.join("checkpoints", "teachers", args.dataset, f"{args.teacher_model}.pth")
     if not method.needs_teacher:
         args.teacher_model = args.teacher_path = None
+    if method.needs_natural_teacher and args.teacher_st_path is None:
+        args.teacher_st_path = os.path.join("checkpoints", "teachers", args.dataset,
+                                            f"{args.teacher_st_model}_natural.pth")
+    if not method.needs_natural_teacher:
+        for flag in ("teacher_st_model", "teacher_st_path"):
+            if getattr(args, flag) is not None:
+                raise UserError(f"--{flag} is the second teacher of AKD and MTARD; --method {args.method} has none: "
+                                f"remove it")
     if args.save_dir is None:
         args.save_dir = default_save_dir(args, own)
     args.recipe_source = recipe.source

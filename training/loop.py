@@ -61,21 +61,25 @@ def train(config, world: World, claimed: contextlib.ExitStack) -> RunState:
         method = configure(config)
         info = dataset_info(config.dataset)
         device = world.device() if world.distributed else resolve_device(config.gpu_id)
-        run = RunDirectory(config.save_dir, result_fields(method.parts), config.resume, config.overwrite,
+        run = RunDirectory(config.save_dir, result_fields(method.logged_parts()), config.resume, config.overwrite,
                            writer=world.main)
         check_world(config, world)
         configure_determinism(config.deterministic)
         seed_everything(config.seed)
         if method.needs_teacher:
             require_teacher_file(config)  # before minutes of data loading
+        if method.needs_natural_teacher:
+            require_teacher_file(config, natural=True)
         train_split = load_split(config.dataset, config.data_dir, "train", device, config.train_subset, config.download)
         test_split = load_split(config.dataset, config.data_dir, "test", device, config.test_subset, config.download)
         check_shards(config, world, len(train_split), len(test_split))
         trainee = build_trainee(config, method, info.num_classes, device, sync_bn=config.sync_bn and world.distributed)
-        record = dict(config.record(), **method.describe(), loss_parts=list(method.parts), git_commit=git_commit(),
+        record = dict(config.record(), **method.describe(), loss_parts=list(method.logged_parts()), git_commit=git_commit(),
                       torch_version=str(torch.__version__), device=device_name(device), num_classes=info.num_classes,
                       train_images=len(train_split), test_images=len(test_split),
                       teacher_sha256=sha256_of(config.teacher_path) if method.needs_teacher else None,
+                      **({"teacher_st_sha256": sha256_of(config.teacher_st_path)} if method.needs_natural_teacher
+                         else {}),
                       world_size=world.size, batch_norm=batch_norm_scope(config, world))
         print(recipe_line(config), flush=True)
         claimed.enter_context(run.claimed())  # one job per run folder, from here to the end
@@ -220,12 +224,12 @@ def train_one_epoch(method: Method, trainee: Trainee, batches: TrainBatches, epo
     In a distributed job each process trains on its rows of every batch; the loss, the totals and
     the decision to stop are those of the whole batch, the same on every process."""
     device = batches.split.labels.device
-    data_stream = trainee.generators["data"]
+    data_stream, parts = trainee.generators["data"], method.logged_parts()
     for group in trainee.optimizer.param_groups:
         group["lr"] = lr
     if resume_at is None:
         done, epoch_start_data = 0, data_stream.get_state()
-        totals = EpochTotals.zeros(len(method.parts), device)
+        totals = EpochTotals.zeros(len(parts), device)
     else:
         done, epoch_start_data = resume_at["step"], resume_at["data_stream"]
         data_stream.set_state(epoch_start_data)
@@ -243,7 +247,8 @@ def train_one_epoch(method: Method, trainee: Trainee, batches: TrainBatches, epo
             terms, out = training_step(method, trainee.student, trainee.teacher, x, y, epoch,
                                        generator=trainee.generators["attack"], autocast=autocast,
                                        extra=trainee.trained_extra, world=world, rows=rows,
-                                       trained_student=trainee.trained_student)
+                                       trained_student=trainee.trained_student,
+                                       natural_teacher=trainee.natural_teacher)
             loss = terms["loss"]
             finite = torch.isfinite(loss.detach())
             if config.nan_policy == "skip":
@@ -261,8 +266,8 @@ def train_one_epoch(method: Method, trainee: Trainee, batches: TrainBatches, epo
             totals.seen += n
             totals.loss += loss.detach() * n
             totals.correct += (out.trained_logits.detach().argmax(1) == out.y).sum()
-            if method.parts:
-                totals.parts += torch.stack([terms[name].detach().float() for name in method.parts]) * n
+            if parts:
+                totals.parts += torch.stack([terms[name].detach().float() for name in parts]) * n
             progress.update(n)
             if progress.bar is not None and step % 20 == 0:  # one host sync per 20 steps, for the display only
                 progress.note(f"loss {(totals.loss / totals.seen).item():.4f}")
@@ -277,7 +282,7 @@ def train_one_epoch(method: Method, trainee: Trainee, batches: TrainBatches, epo
     seen = max(totals.seen, 1)
     means = (totals.parts / seen).tolist()
     return EpochStats((totals.loss / seen).item(), 100.0 * totals.correct.item() / seen,
-                      dict(zip(method.parts, means)), totals.seen, time.perf_counter() - start, skipped)
+                      dict(zip(parts, means)), totals.seen, time.perf_counter() - start, skipped)
 
 
 def per_epoch_attack(config, generator: torch.Generator) -> Callable:

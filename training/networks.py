@@ -21,19 +21,23 @@ from .schedule import build_optimizer
 STREAM_SEED_OFFSETS = {"data": 0, "attack": 1_000_003, "eval": 2_000_006}
 
 
-def teacher_missing_message(teacher_model: str, teacher_path: str, dataset: str) -> str:
-    return (f"teacher checkpoint not found: {teacher_path}. Put a robust {teacher_model} for "
-            f"{dataset} there or pass --teacher_path; published teachers and where to download them "
+def teacher_missing_message(teacher_model: str, teacher_path: str, dataset: str, natural: bool = False) -> str:
+    flag, kind, method = ("--teacher_st_path", "naturally trained", "Natural") if natural else \
+        ("--teacher_path", "robust", "TRADES")
+    return (f"teacher checkpoint not found: {teacher_path}. Put a {kind} {teacher_model} for "
+            f"{dataset} there or pass {flag}; published teachers and where to download them "
             f"are listed in checkpoints/README.md, or train one here: python main.py --dataset {dataset} "
-            f"--model {teacher_model} --method TRADES, then pass its best_PGD10_acc_model.pth as --teacher_path")
+            f"--model {teacher_model} --method {method}, then pass its "
+            f"{'best_clean_acc_model.pth' if natural else 'best_PGD10_acc_model.pth'} as {flag}")
 
 
-def require_teacher_file(config) -> None:
-    if os.path.isdir(config.teacher_path):
-        raise UserError(f"--teacher_path {config.teacher_path} is a directory, not a checkpoint file; pass the "
-                        f"teacher's .pth file")
-    if not os.path.isfile(config.teacher_path):
-        raise UserError(teacher_missing_message(config.teacher_model, config.teacher_path, config.dataset))
+def require_teacher_file(config, natural: bool = False) -> None:
+    path, model, flag = (config.teacher_st_path, config.teacher_st_model, "--teacher_st_path") if natural else \
+        (config.teacher_path, config.teacher_model, "--teacher_path")
+    if os.path.isdir(path):
+        raise UserError(f"{flag} {path} is a directory, not a checkpoint file; pass the teacher's .pth file")
+    if not os.path.isfile(path):
+        raise UserError(teacher_missing_message(model, path, config.dataset, natural))
 
 
 def frozen(teacher: nn.Module) -> nn.Module:
@@ -41,11 +45,13 @@ def frozen(teacher: nn.Module) -> nn.Module:
     return teacher.eval().requires_grad_(False)
 
 
-def load_teacher(teacher_model: str, teacher_path: str, dataset: str, num_classes: int, device) -> nn.Module:
-    """The teacher with its checkpoint's weights, on `device`, frozen."""
+def load_teacher(teacher_model: str, teacher_path: str, dataset: str, num_classes: int, device,
+                 natural: bool = False) -> nn.Module:
+    """The teacher with its checkpoint's weights, on `device`, frozen (`natural`: the second teacher)."""
     if not os.path.isfile(teacher_path):
-        raise UserError(teacher_missing_message(teacher_model, teacher_path, dataset))
-    teacher = build_checked(build_model, teacher_model, num_classes, "--teacher_model")
+        raise UserError(teacher_missing_message(teacher_model, teacher_path, dataset, natural))
+    teacher = build_checked(build_model, teacher_model, num_classes,
+                            "--teacher_st_model" if natural else "--teacher_model")
     load_weights(teacher, teacher_path, name=f"teacher {teacher_model}", path=teacher_path)
     return frozen(teacher.to(device))
 
@@ -69,6 +75,8 @@ class Trainee:
     # DistributedDataParallel in a distributed job (`distribute`), the modules themselves otherwise.
     trained_student: Optional[nn.Module] = None
     trained_extra: Optional[nn.Module] = None
+    natural_teacher: Optional[nn.Module] = None  # AKD's and MTARD's second teacher, frozen
+    method: Optional[Method] = None  # whose own state (MTARD's adaptive weights) a resume restores
 
     def __post_init__(self):
         if self.trained_student is None:
@@ -82,7 +90,10 @@ class Trainee:
 
     def resume_state(self) -> Dict[str, Any]:
         """What last.pth adds to a checkpoint for an exact resume (besides the weights)."""
-        return {"optimizer": self.optimizer.state_dict(), "rng": capture_rng_state(self.generators)}
+        state = {"optimizer": self.optimizer.state_dict(), "rng": capture_rng_state(self.generators)}
+        if self.method is not None and self.method.state_dict():
+            state["method_state"] = self.method.state_dict()
+        return state
 
     def load(self, payload: Dict[str, Any], path: str, arch: str) -> None:
         load_weights(self.student, payload, name=arch, path=path)
@@ -90,6 +101,8 @@ class Trainee:
             self.extra.load_state_dict(payload["extra"])
         self.optimizer.load_state_dict(payload["optimizer"])
         restore_rng_state(payload["rng"], self.generators)
+        if self.method is not None and "method_state" in payload:
+            self.method.load_state_dict(payload["method_state"])
 
 
 def build_trainee(config, method: Method, num_classes: int, device: torch.device, sync_bn: bool = False) -> Trainee:
@@ -100,11 +113,16 @@ def build_trainee(config, method: Method, num_classes: int, device: torch.device
     teacher = None
     if method.needs_teacher:
         teacher = load_teacher(config.teacher_model, config.teacher_path, config.dataset, num_classes, device)
+    natural_teacher = None
+    if method.needs_natural_teacher:
+        natural_teacher = load_teacher(config.teacher_st_model, config.teacher_st_path, config.dataset, num_classes,
+                                       device, natural=True)
     extra = method.extra_module(student, teacher)
     params = list(student.parameters())
     if extra is not None:
         params += list(extra.to(device).parameters())
     optimizer = build_optimizer(config, params)
-    for network in (student, teacher):
+    for network in (student, teacher, natural_teacher):
         prepare_model(network, config.channels_last, config.compile)
-    return Trainee(student, teacher, extra, optimizer, run_generators(device, config.seed))
+    return Trainee(student, teacher, extra, optimizer, run_generators(device, config.seed),
+                   natural_teacher=natural_teacher, method=method)
