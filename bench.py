@@ -159,6 +159,9 @@ def run_bench(cfg, config, world: World = World()) -> Dict:
             teacher = load_teacher(cfg.teacher_model, cfg.teacher_weights, cfg.dataset, info.num_classes, device)
         else:
             teacher = frozen(build_model(cfg.teacher_model, info.num_classes).to(device))
+    # A second teacher (AKD, MTARD) is randomly initialised: its cost does not depend on its weights.
+    natural = frozen(build_model(config.teacher_st_model, info.num_classes).to(device)) \
+        if method.needs_natural_teacher else None
     extra = method.extra_module(student, teacher)
     if extra is not None:
         extra.to(device)
@@ -176,7 +179,7 @@ def run_bench(cfg, config, world: World = World()) -> Dict:
         world.broadcast_buffers(student)
         terms, _ = training_step(method, student, teacher, x, y, 1, generator=device_generator,
                                  autocast=autocast, extra=trained_extra, world=world, rows=rows,
-                                 trained_student=trained_student)
+                                 trained_student=trained_student, natural_teacher=natural)
         if clock is not None:
             clock.mark("update")
         ours_optimizer.zero_grad(set_to_none=True)
@@ -184,7 +187,8 @@ def run_bench(cfg, config, world: World = World()) -> Dict:
         ours_optimizer.step()
 
     def plain(x, y, clock: Optional[PhaseClock] = None):
-        terms, _ = plain_step(method, plain_student, plain_teacher, x, y, 1, generator=device_generator, extra=extra)
+        terms, _ = plain_step(method, plain_student, plain_teacher, x, y, 1, generator=device_generator, extra=extra,
+                              natural_teacher=natural)
         if clock is not None:
             clock.mark("update")
         plain_optimizer.zero_grad(set_to_none=True)

@@ -40,7 +40,8 @@ def identity_differences(saved: Dict, record: Dict) -> List[str]:
         before = saved.get(key, ADDED_DEFAULTS.get(key))
         if key in OPERATIONAL or plain(before) == plain(record.get(key)):
             continue
-        name = "teacher file sha256" if key == "teacher_sha256" else f"--{key}"
+        name = {"teacher_sha256": "teacher file sha256", "teacher_st_sha256": "natural teacher file sha256"}.get(
+            key, f"--{key}")
         found.append(f"{name} {before!r} (now {record.get(key)!r})")
     return found
 

@@ -1,0 +1,313 @@
+"""AKD, AdaIAD, MTARD, IGDM and the IGDM plug-in: each loss by hand on small logits (every term,
+reduction and weight), the attack and forward sequence of each, the recipes' resolved values, and
+MTARD's adaptive weights over batches and across a resume."""
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from attacks import ce_sum, kl_sum
+from helpers import REPO, TinyNet, ce, kl, mean, softmax, train_config
+from losses import igdm_term, kl_mean_entries_eps, mtard_weight_update
+from methods import StepOutputs, configure, training_step
+from models import build_model
+from runtime.errors import UserError
+
+Y = [0, 2]
+S_CLEAN = [[1.0, 0.0, -1.0], [0.5, 0.0, 0.25]]
+S_ADV = [[0.0, 1.0, 0.0], [2.0, 0.0, 0.0]]
+T_CLEAN = [[2.0, 0.0, 0.0], [0.0, 1.0, 3.0]]
+T_ADV = [[1.0, 1.0, 0.0], [0.0, 2.0, 1.0]]
+N_CLEAN = [[0.0, 3.0, 0.0], [1.0, 1.0, 1.0]]
+N_ADV = [[0.5, 0.5, 2.0], [0.0, 0.0, 1.0]]
+S_MINUS = [[0.25, 0.5, 0.0], [-1.0, 0.0, 1.0]]
+T_MINUS = [[0.0, 0.0, 1.0], [1.0, 0.5, 0.0]]
+N, C = 2, 3
+
+
+def tensor(rows, grad=False):
+    return torch.tensor(rows, dtype=torch.float64, requires_grad=grad)
+
+
+def outputs(epoch=1):
+    return StepOutputs(y=torch.tensor(Y), epoch=epoch, s_clean=tensor(S_CLEAN, True), s_adv=tensor(S_ADV, True),
+                       t_clean=tensor(T_CLEAN), t_adv=tensor(T_ADV), n_clean=tensor(N_CLEAN), n_adv=tensor(N_ADV),
+                       s_minus=tensor(S_MINUS, True), t_minus=tensor(T_MINUS))
+
+
+def config(method, *flags, dataset="CIFAR10"):
+    return train_config(method, *flags, dataset=dataset)
+
+
+def close(value, expected, rel=1e-12):
+    return math.isclose(float(value.detach()), expected, rel_tol=rel, abs_tol=1e-15)
+
+
+def minus(a, b):
+    return [x - y for x, y in zip(a, b)]
+
+
+# -- AKD ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags, a1, a2, tau", [((), 0.5, 0.25, 1.0),
+                                                (("--AKD_a1", "0.3", "--AKD_a2", "0.6", "--temp", "2"), 0.3, 0.6, 2.0)])
+def test_akd_loss_by_hand(flags, a1, a2, tau):
+    terms = configure(config("AKD", *flags)).loss(outputs())
+    ce_adv = mean([ce(S_ADV[i], Y[i]) for i in range(N)])
+    kl_robust = mean([kl(T_ADV[i], S_ADV[i], tau) for i in range(N)])
+    kl_natural = mean([kl(N_ADV[i], S_ADV[i], tau) for i in range(N)])
+    assert close(terms["ce"], ce_adv) and close(terms["kl_robust"], kl_robust) and close(terms["kl_natural"], kl_natural)
+    assert close(terms["loss"], (1 - a1 - a2) * ce_adv + tau ** 2 * (a1 * kl_robust + a2 * kl_natural))
+
+
+def test_akd_needs_and_records_a_natural_teacher():
+    cfg = config("AKD")
+    assert cfg.teacher_st_model == "wideresnet34_10"
+    assert cfg.teacher_st_path == "checkpoints/teachers/CIFAR10/wideresnet34_10_natural.pth"
+    assert (cfg.epochs, cfg.milestones, cfg.weight_decay, cfg.bs) == (200, (100,), 2e-4, 4)
+    assert configure(cfg).attack.init == "uniform_unclamped" and configure(cfg).attack.train_mode
+    with pytest.raises(UserError, match="--teacher_st_model is the second teacher of AKD and MTARD"):
+        config("DGAD", "--teacher_st_model", "resnet18")
+    with pytest.raises(UserError, match="unknown --teacher_st_model 'nope'"):
+        config("AKD", "--teacher_st_model", "nope")
+
+
+# -- AdaIAD ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("epoch, introspect", [(60, False), (61, True)])
+def test_adaiad_loss_by_hand(epoch, introspect):
+    cfg = config("AdaIAD", "--ARD_alpha", "0.8")
+    assert (cfg.options["temp"], cfg.options["IAD_begin"], cfg.options["IAD_beta"]) == (30.0, 60, 0.1)
+    terms = configure(cfg).loss(outputs(epoch))
+    tau, alpha, beta = 30.0, 0.8, 0.1
+    distil = alpha * tau ** 2 * mean([kl(T_ADV[i], S_ADV[i], tau) for i in range(N)]) \
+        + (1 - alpha) * mean([ce(S_CLEAN[i], Y[i]) for i in range(N)])
+    trust = [softmax(T_ADV[i])[Y[i]] ** beta for i in range(N)]
+    introspection = mean([(1 - trust[i]) * kl(S_CLEAN[i], S_ADV[i]) for i in range(N)]) if introspect else 0.0
+    assert close(terms["ard"], distil) and close(terms["introspection"], introspection)
+    assert close(terms["loss"], distil + alpha * introspection)
+    assert (cfg.epochs, cfg.milestones, cfg.weight_decay) == (200, (100, 150), 5e-4)
+
+
+# -- MTARD ----------------------------------------------------------------------------------------------
+
+def mtard_kl(target, logits):
+    """MTARD's KL by hand: mean over the N*C entries of p (log(p + 1e-5) - log q)."""
+    total = 0.0
+    for t_row, s_row in zip(target, logits):
+        p, q = softmax(t_row), softmax(s_row)
+        total += sum(pi * (math.log(pi + 1e-5) - math.log(qi)) for pi, qi in zip(p, q))
+    return total / (len(target) * len(target[0]))
+
+
+def test_mtard_kl_keeps_the_released_epsilon():
+    assert close(kl_mean_entries_eps(tensor(T_ADV), tensor(S_ADV)), mtard_kl(T_ADV, S_ADV))
+
+
+@pytest.mark.parametrize("dataset, scale", [("CIFAR10", 1.0), ("CIFAR100", 10.0)])
+def test_mtard_first_batch_keeps_half_and_half_and_references_its_losses(dataset, scale):
+    method = configure(config("MTARD", dataset=dataset))
+    terms = method.loss(outputs())
+    kl_adv, kl_nat = scale * mtard_kl(T_ADV, S_ADV), scale * mtard_kl(N_CLEAN, S_CLEAN)
+    assert close(terms["kl_adv"], kl_adv) and close(terms["kl_nat"], kl_nat) and close(terms["w_adv"], 0.5)
+    assert close(terms["loss"], 0.5 * kl_adv + 0.5 * kl_nat)
+    state = method.state_dict()
+    assert close(state["w_nat"], 0.5) and close(state["first_adv"], kl_adv) and close(state["first_nat"], kl_nat)
+
+
+def test_mtard_weights_move_towards_the_teacher_whose_loss_fell_less():
+    method = configure(config("MTARD"))
+    method.loss(outputs())  # the references
+    first_adv, first_nat = mtard_kl(T_ADV, S_ADV), mtard_kl(N_CLEAN, S_CLEAN)
+    second = outputs()
+    second.s_adv = tensor(T_ADV, True)  # the adversarial KL falls to about 0 (the 1e-5 keeps it > 0) ...
+    terms = method.loss(second)
+    r_adv, r_nat = mtard_kl(T_ADV, T_ADV) / first_adv, mtard_kl(N_CLEAN, S_CLEAN) / first_nat
+    w_nat = 0.5 - 0.025 * (0.5 - r_nat / (r_adv + r_nat))  # ... so the natural teacher gains weight
+    assert close(method.state_dict()["w_nat"], w_nat) and close(terms["w_adv"], 1 - w_nat, rel=1e-7)
+    assert close(terms["loss"], (1 - w_nat) * mtard_kl(T_ADV, T_ADV) + w_nat * mtard_kl(N_CLEAN, S_CLEAN), rel=1e-7)
+
+
+def test_mtard_weight_rate_decays_with_the_learning_rate():
+    method = configure(config("MTARD"))
+    assert [method.rate_at(e) for e in (1, 215, 216, 261, 286)] == pytest.approx([0.025, 0.025, 0.0025, 2.5e-4,
+                                                                                  2.5e-5])
+    cfg = config("MTARD")
+    assert (cfg.epochs, cfg.milestones, cfg.weight_decay, cfg.teacher_st_model) == (300, (215, 260, 285), 2e-4,
+                                                                                    "wideresnet34_10")
+    assert configure(cfg).attack.inner_loss is ce_sum and configure(cfg).attack.init == "gauss"
+
+
+def test_mtard_weight_update_with_a_power():
+    w = mtard_weight_update(torch.tensor(0.4, dtype=torch.float64), torch.tensor(1.0), torch.tensor(3.0),
+                            torch.tensor(2.0, dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64),
+                            rate=0.5, power=2.0)
+    r_adv, r_nat = 0.5 ** 2, 1.5 ** 2
+    assert close(w, 0.4 - 0.5 * (0.4 - r_nat / (r_adv + r_nat)))
+
+
+def test_mtard_state_round_trips_through_a_checkpoint():
+    method = configure(config("MTARD"))
+    method.loss(outputs())
+    method.loss(outputs())
+    restored = configure(config("MTARD"))
+    restored.load_state_dict({k: v.clone() for k, v in method.state_dict().items()})
+    assert torch.equal(restored.loss(outputs())["loss"], method.loss(outputs())["loss"])
+    assert configure(config("MTARD")).state_dict() == {}  # nothing before the first batch
+
+
+# -- IGDM -----------------------------------------------------------------------------------------------
+
+def igdm_by_hand():
+    return mean([kl(minus(T_ADV[i], T_MINUS[i]), minus(S_ADV[i], S_MINUS[i])) for i in range(N)])
+
+
+def test_igdm_term_by_hand():
+    assert close(igdm_term(tensor(S_ADV), tensor(S_MINUS), tensor(T_ADV), tensor(T_MINUS)), igdm_by_hand())
+
+
+@pytest.mark.parametrize("epoch", [1, 100, 200])
+def test_igdm_method_loss_by_hand(epoch):
+    cfg = config("IGDM")
+    assert (cfg.options["igdm_alpha"], cfg.options["igdm_horizon"]) == (1.0, 200)
+    assert (cfg.epsilon, cfg.step_size, cfg.epochs, cfg.milestones, cfg.weight_decay) == (2.0, 8.0, 200, (100, 150),
+                                                                                          2e-4)
+    terms = configure(cfg).terms(outputs(epoch))
+    kl_adv = mean([kl(T_ADV[i], S_ADV[i]) for i in range(N)])
+    assert close(terms["kl_adv"], kl_adv) and close(terms["igdm"], igdm_by_hand())
+    assert close(terms["loss"], kl_adv + 1.0 * epoch / 200 * igdm_by_hand())
+
+
+def test_the_igdm_plug_in_adds_its_term_to_any_distillation_method():
+    plain = configure(config("RSLAD"))
+    plugged = configure(config("RSLAD", "--igdm_alpha", "3", "--igdm_horizon", "10"))
+    assert plain.logged_parts() == ("kl_adv", "kl_clean") and plugged.logged_parts() == ("kl_adv", "kl_clean", "igdm")
+    base, terms = plain.terms(outputs(5)), plugged.terms(outputs(5))
+    assert close(terms["loss"], float(base["loss"].detach()) + 3 * 5 / 10 * igdm_by_hand())
+    assert plugged.passes(1) == ("s_adv", "s_clean", "t_clean", "t_adv", "s_minus", "t_minus")
+    assert configure(config("AdaAD", "--igdm_alpha", "1")).passes(1) == ("s_clean", "s_adv", "t_clean", "t_adv",
+                                                                        "s_minus", "t_minus")
+    with pytest.raises(UserError, match="--igdm_alpha is not used by --method TRADES"):
+        config("TRADES", "--igdm_alpha", "1")
+    with pytest.raises(UserError, match="--igdm_alpha is not used by --method VarGap"):
+        config("VarGap", "--igdm_alpha", "1")
+
+
+# -- attacks and forward sequences, recorded by hooks ---------------------------------------------------
+
+K = 2
+
+
+def recorded(name, epoch=1, *flags):
+    """One step of `name`: each student forward's mode and input, and each teacher's inputs."""
+    method = configure(config(name, "--num_steps", str(K), *flags))
+    torch.manual_seed(0)
+    student, teacher, natural = TinyNet(), TinyNet().eval().requires_grad_(False), \
+        TinyNet().eval().requires_grad_(False)
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.rand(4, 3, 8, 8, generator=generator), torch.randint(0, 3, (4,), generator=generator)
+    seen = []
+
+    def watch(who):
+        def hook(module, args):
+            kind = "x" if torch.equal(args[0], x) else "other"  # x' or x - d
+            if who == "student":
+                seen.append((who, "train" if module.training else "eval", kind))
+            else:
+                seen.append((who, kind))
+        return hook
+    handles = [student.register_forward_pre_hook(watch("student")), teacher.register_forward_pre_hook(watch("T")),
+               natural.register_forward_pre_hook(watch("N"))]
+    _, out = training_step(method, student, teacher, x, y, epoch=epoch, generator=torch.Generator().manual_seed(1),
+                           natural_teacher=natural if method.needs_natural_teacher else None)
+    for handle in handles:
+        handle.remove()
+    return seen, out
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("AKD", [("student", "train", "other")] * K + [("student", "train", "other"), ("T", "other"), ("N", "other")]),
+    ("MTARD", [("student", "eval", "other")] * K + [("N", "x"), ("student", "train", "other"), ("T", "other"),
+                                                    ("student", "train", "x")]),
+    ("AdaIAD", [("student", "eval", "other"), ("T", "other")] * K + [("student", "train", "x"),
+                                                                      ("student", "train", "other"), ("T", "other"),
+                                                                      ("student", "train", "x")]),
+    ("IGDM", [("student", "eval", "other"), ("T", "other")] * K + [("T", "other"), ("T", "other"),
+                                                                    ("student", "train", "other"),
+                                                                    ("student", "train", "other")]),
+])
+def test_each_new_method_runs_the_released_codes_passes(name, expected):
+    seen, out = recorded(name)
+    assert seen == expected
+    assert (out.n_adv is not None) == (name == "AKD") and (out.n_clean is not None) == (name == "MTARD")
+
+
+def test_adaiad_adds_the_introspection_target_after_its_warm_up():
+    before, _ = recorded("AdaIAD", 60)
+    after, _ = recorded("AdaIAD", 61)
+    assert after == before + [("student", "train", "x")]
+
+
+def test_igdm_minus_pass_is_x_minus_the_perturbation_unclamped():
+    method = configure(config("IGDM", "--num_steps", "1"))
+    torch.manual_seed(0)
+    student, teacher = TinyNet(), TinyNet().eval().requires_grad_(False)
+    inputs = []
+    student.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach().clone())
+                                      if module.training else None)
+    x = torch.zeros(2, 3, 4, 4)  # at 0, x - d leaves [0, 1]
+    training_step(method, student, teacher, x, torch.tensor([0, 1]), epoch=1,
+                  generator=torch.Generator().manual_seed(1))
+    x_adv, x_minus = inputs
+    assert torch.allclose(x_minus, -x_adv) and x_minus.min() < 0
+
+
+def test_attacks_of_the_new_methods():
+    specs = {name: configure(config(name)).attack for name in ("AKD", "AdaIAD", "MTARD", "IGDM")}
+    assert (specs["AKD"].inner_loss, specs["AKD"].init, specs["AKD"].train_mode) == (ce_sum, "uniform_unclamped", True)
+    assert (specs["MTARD"].inner_loss, specs["MTARD"].init, specs["MTARD"].train_mode, specs["MTARD"].target) == \
+        (ce_sum, "gauss", False, "labels")
+    for name in ("AdaIAD", "IGDM"):
+        assert (specs[name].inner_loss, specs[name].init, specs[name].train_mode, specs[name].target) == \
+            (kl_sum, "gauss", False, "teacher")
+
+
+# -- two teachers and MTARD's state across a resume, through main.py -----------------------------------
+
+def run_main(*args):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    result = subprocess.run([sys.executable, "main.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.mark.parametrize("method", ["MTARD", "AKD"])
+def test_two_teacher_runs_resume_exactly(method, tmp_path, real_data_dir, small_teacher):
+    common = ["--method", method, "--model", "wideresnet10_1", "--teacher_model", "wideresnet10_1", "--teacher_path",
+              small_teacher, "--teacher_st_model", "wideresnet10_1", "--teacher_st_path", small_teacher,
+              "--data_dir", real_data_dir, "--train_subset", "64", "--test_subset", "32", "--bs", "16",
+              "--num_steps", "1", "--epochs", "2", "--deterministic"]
+    run_main(*common, "--save_dir", str(tmp_path / "unbroken"))
+    run_main(*common, "--save_dir", str(tmp_path / "broken"), "--stop_after", "1")
+    resumed = run_main(*common, "--save_dir", str(tmp_path / "broken"), "--resume")
+    assert "resumed" in resumed.stdout
+    a = torch.load(os.path.join(tmp_path, "unbroken", "last.pth"), weights_only=True)
+    b = torch.load(os.path.join(tmp_path, "broken", "last.pth"), weights_only=True)
+    assert all(torch.equal(a["net"][k], b["net"][k]) for k in a["net"])
+    assert a["config"]["teacher_st_sha256"] == b["config"]["teacher_st_sha256"] is not None
+    if method == "MTARD":
+        assert a["method_state"].keys() == {"w_nat", "first_adv", "first_nat"}
+        assert all(torch.equal(a["method_state"][k], b["method_state"][k]) for k in a["method_state"])
+        assert [row["train_w_adv"] for row in a["history"]] == [row["train_w_adv"] for row in b["history"]]
+    other = tmp_path / "other.pth"
+    torch.manual_seed(5)
+    torch.save({"net": build_model("wideresnet10_1", 10).state_dict()}, other)
+    changed = [str(other) if previous == "--teacher_st_path" else value
+               for previous, value in zip([None] + common, common)]
+    refused = subprocess.run([sys.executable, "main.py", *changed, "--save_dir", str(tmp_path / "broken"), "--resume"],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "natural teacher file sha256" in refused.stderr, refused.stderr
