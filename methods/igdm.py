@@ -13,7 +13,7 @@ class IGDM(Method):
     name = "IGDM"
     summary = ("KL(T(x') || S(x')) + alpha (epoch / 200) KL(softmax(T(x+d) - T(x-d)) || softmax(S(x+d) - S(x-d))), "
                "d = x' - x; AdaAD's attack")
-    paper = "Indirect Gradient Distillation Module for adversarial distillation (Lee et al., ICLR 2025)"
+    paper = "Indirect Gradient Matching for Adversarial Robust Distillation (Lee et al., ICLR 2025)"
     needs_teacher = True
     attack = AttackSpec(inner_loss=kl_sum, init="gauss", train_mode=False, target="teacher")
     # igdm.py: T(x+d), T(x-d) without grad, then S(x+d) and S(x-d) in train() mode.

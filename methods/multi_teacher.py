@@ -18,7 +18,8 @@ class AKD(Method):
     name = "AKD"
     summary = ("(1 - a1 - a2) CE(S(x'), y) + a1 tau^2 KL(T_AT(x') || S(x')) + a2 tau^2 KL(T_ST(x') || S(x')), "
                "an adversarially and a naturally trained teacher; CE attack with the student in train() mode")
-    paper = "Feature-level adversarial knowledge distillation baseline of the IAD paper, AKD (Chen et al., 2021)"
+    paper = ("Robust Overfitting may be Mitigated by Properly Learned Smoothening (Chen et al., ICLR 2021): the "
+             "two-teacher distillation the IAD authors release as AKD2.py")
     needs_teacher = True
     needs_natural_teacher = True
     attack = CE_TRAIN_MODE_ATTACK
