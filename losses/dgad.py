@@ -40,18 +40,29 @@ def predictive_consistency(s_clean: torch.Tensor, s_adv: torch.Tensor) -> torch.
     return (F.softmax(s_adv, dim=1) - F.softmax(s_clean, dim=1)).pow(2).mean()
 
 
+INTROSPECTION = ("off", "authors", "intent")
+
+
 def dgad_terms(s_clean: torch.Tensor, s_adv: torch.Tensor, t_clean: torch.Tensor, t_adv: torch.Tensor,
                y: torch.Tensor, beta: float, batch_size: int, use_map: bool = True, use_els: bool = True,
-               use_pcr: bool = True, formula: str = "fixed") -> Dict[str, torch.Tensor]:
+               use_pcr: bool = True, formula: str = "fixed", introspection: str = "off",
+               iad_beta: float = 0.1) -> Dict[str, torch.Tensor]:
     """L = (n_ST/B) L_ST + ((B - n_ST)/B) L_AT + beta L_PCR, and its parts.
 
     batch_size is B: the configured batch size (the authors' choice, also on the last smaller
     batch) or the actual one (`--weight_by actual`). formula='authors' reproduces the DGAD
     code's MobileNetV2 expression 0.5 ((n_ST/B) L_ST + (B - n_ST)/B) L_AT + beta L_PCR
     (docs/methods.md section 2.6). Returns {'loss', 'L_ST', 'L_AT', 'L_PCR', 'st_fraction'}: the
-    unweighted terms, L_PCR 0 when it is off, and n_ST / N."""
+    unweighted terms, L_PCR 0 when it is off, and n_ST / N.
+
+    introspection: the DGAD_IAD1 variant of the authors' code (docs/methods.md section 2.7), IAD's
+    self-distillation added to L_ST and L_AT, each sample weighted by 1 - P(y)^iad_beta of the swapped
+    teacher: 'authors' compares S(x) with S(x) and S(x') with S(x') (the released code's two train()
+    passes of one input: zero), 'intent' the adversarial S(x') with S(x) on the AT set. Adds 'L_IAD'."""
     if formula not in LOSS_FORMULAS:
         raise ValueError(f"formula must be one of {LOSS_FORMULAS}, got {formula!r}")
+    if introspection not in INTROSPECTION:
+        raise ValueError(f"introspection must be one of {INTROSPECTION}, got {introspection!r}")
     t_clean, t_adv = t_clean.detach(), t_adv.detach()
     st = misclassified_by_teacher(t_clean, y) if use_map else torch.zeros_like(y, dtype=torch.bool)
     if use_els:
@@ -61,15 +72,27 @@ def dgad_terms(s_clean: torch.Tensor, s_adv: torch.Tensor, t_clean: torch.Tensor
     n_at = st.numel() - n_st
     loss_st = (kl_rows(t_clean, s_clean) * st).sum() / n_st.clamp(min=1)
     loss_at = (kl_rows(t_adv, s_adv) * ~st).sum() / n_at.clamp(min=1)
+    self_st, self_at = s_clean.new_zeros(()), s_clean.new_zeros(())
+    if introspection != "off":
+        distrust_clean = 1 - F.softmax(t_clean, dim=1).gather(1, y[:, None]).squeeze(1).pow(iad_beta)
+        distrust_adv = 1 - F.softmax(t_adv, dim=1).gather(1, y[:, None]).squeeze(1).pow(iad_beta)
+        if introspection == "authors":
+            self_st = (st * distrust_clean * kl_rows(s_clean, s_clean)).sum() / (n_st + 1e-10)
+            self_at = (~st * distrust_adv * kl_rows(s_adv, s_adv)).sum() / n_at.clamp(min=1)
+        else:
+            self_at = (~st * distrust_adv * kl_rows(s_clean, s_adv)).sum() / n_at.clamp(min=1)
     w_st = n_st / batch_size
     w_at = (batch_size - n_st) / batch_size
     if formula == "authors":
-        loss = 0.5 * (w_st * loss_st + w_at) * loss_at
+        loss = 0.5 * (w_st * (loss_st + self_st) + w_at) * (loss_at + self_at)
     else:
-        loss = w_st * loss_st + w_at * loss_at
+        loss = w_st * (loss_st + self_st) + w_at * (loss_at + self_at)
     loss_pcr = predictive_consistency(s_clean, s_adv) if use_pcr else s_clean.new_zeros(())
-    return {"loss": loss + beta * loss_pcr if use_pcr else loss, "L_ST": loss_st, "L_AT": loss_at,
-            "L_PCR": loss_pcr, "st_fraction": n_st / st.numel()}
+    terms = {"loss": loss + beta * loss_pcr if use_pcr else loss, "L_ST": loss_st, "L_AT": loss_at,
+             "L_PCR": loss_pcr, "st_fraction": n_st / st.numel()}
+    if introspection != "off":
+        terms["L_IAD"] = self_st + self_at
+    return terms
 
 
 def dgad_loss(*args, **kwargs) -> torch.Tensor:

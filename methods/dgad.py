@@ -4,6 +4,7 @@ from attacks import kl_sum
 from losses import dgad_terms
 
 from .base import AttackSpec, Method, Option
+from .distillation import IAD, introspection_on
 from .plugins import IGDM_OPTIONS, IGDMTerm
 from .recipes import released
 
@@ -28,6 +29,13 @@ class DGAD(Method):
         "weight_by": Option("configured", choices=("configured", "actual"),
                             help="B in the n_ST/B weights: the configured --bs (authors' code) or the "
                                  "actual size of each batch"),
+        "dgad_iad": Option("off", choices=("off", "authors", "intent"),
+                           help="the DGAD_IAD1 variant of the authors' code: IAD's introspection added to L_ST and "
+                                "L_AT after --IAD_begin epochs; 'authors' as released (S(x) against a second S(x), "
+                                "S(x') against a second S(x'): zero, two extra train() passes), 'intent' S(x') "
+                                "against S(x) on the AT set"),
+        "IAD_begin": IAD.options["IAD_begin"],
+        "IAD_beta": IAD.options["IAD_beta"],
         **IGDM_OPTIONS,
     }
     plugins = (IGDMTerm,)
@@ -44,8 +52,25 @@ class DGAD(Method):
         authors_case = config.model == "mobilenetV2" and self.use_pcr and config.dataset != "Tiny_Image"
         self.formula = o["mbv2_loss"] if authors_case else "fixed"
         self.configured_batch = config.bs if o["weight_by"] == "configured" else None
+        self.introspection, self.iad_begin, self.iad_beta = o["dgad_iad"], o["IAD_begin"], o["IAD_beta"]
+        if self.introspection != "off":
+            self.parts = DGAD.parts + ("L_IAD",)
+
+    def introspecting(self, epoch: int) -> bool:
+        return self.introspection != "off" and introspection_on(epoch, self.iad_begin)
+
+    def forward_sequence(self, epoch):
+        # DGAD_IAD1's self-terms' targets: a second S(x) and a second S(x'), both train() passes.
+        if self.introspection == "authors" and self.introspecting(epoch):
+            return self.forwards + ("s_clean", "s_adv")
+        return self.forwards
 
     def loss(self, out):
-        return dgad_terms(out.s_clean, out.s_adv, out.t_clean, out.t_adv, out.y, beta=self.beta,
-                          batch_size=self.configured_batch or out.y.shape[0], use_map=self.use_map,
-                          use_els=self.use_els, use_pcr=self.use_pcr, formula=self.formula)
+        introspecting = self.introspecting(out.epoch)
+        terms = dgad_terms(out.s_clean, out.s_adv, out.t_clean, out.t_adv, out.y, beta=self.beta,
+                           batch_size=self.configured_batch or out.y.shape[0], use_map=self.use_map,
+                           use_els=self.use_els, use_pcr=self.use_pcr, formula=self.formula,
+                           introspection=self.introspection if introspecting else "off", iad_beta=self.iad_beta)
+        if self.introspection != "off" and not introspecting:
+            terms["L_IAD"] = out.s_clean.new_zeros(())  # logged as 0 during the warm-up
+        return terms

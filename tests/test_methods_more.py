@@ -311,3 +311,49 @@ def test_two_teacher_runs_resume_exactly(method, tmp_path, real_data_dir, small_
     refused = subprocess.run([sys.executable, "main.py", *changed, "--save_dir", str(tmp_path / "broken"), "--resume"],
                              cwd=REPO, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "natural teacher file sha256" in refused.stderr, refused.stderr
+
+
+# -- DGAD with IAD's introspection (DGAD_IAD1) ----------------------------------------------------------
+
+def swapped_teacher(rows, y, adversarial):
+    """ELS by hand (docs/methods.md section 2.3) on one row list."""
+    out = []
+    for row, label in zip(rows, y):
+        row = list(row)
+        if adversarial:
+            best = max((c for c in range(C) if c != label), key=lambda c: row[c])
+            if row[label] < row[best]:
+                row[label], row[best] = row[best], row[label]
+        else:
+            top = max(range(C), key=lambda c: row[c])
+            if top != label:
+                row[label], row[top] = row[top], row[label]
+        out.append(row)
+    return out
+
+
+def test_dgad_iad_intent_adds_the_weighted_introspection_on_the_at_set():
+    cfg = config("DGAD", "--dgad_iad", "intent", "--IAD_begin", "0")
+    method = configure(cfg)
+    assert method.logged_parts() == ("L_ST", "L_AT", "L_PCR", "st_fraction", "L_IAD")
+    base = configure(config("DGAD")).loss(outputs(1))
+    terms = method.loss(outputs(1))
+    st = [max(range(C), key=lambda c: T_CLEAN[i][c]) != Y[i] for i in range(N)]  # MAP: teacher wrong on x
+    t_adv = swapped_teacher(T_ADV, Y, adversarial=True)
+    at = [i for i in range(N) if not st[i]]
+    self_at = sum((1 - softmax(t_adv[i])[Y[i]] ** 0.1) * kl(S_CLEAN[i], S_ADV[i]) for i in at) / max(len(at), 1)
+    n_st = sum(st)
+    assert close(terms["L_IAD"], self_at)
+    assert close(terms["loss"], float(base["loss"].detach()) + (4 - n_st) / 4 * self_at)  # B = --bs 4
+
+
+def test_dgad_iad_authors_compares_each_pass_with_itself_and_adds_two_passes():
+    method = configure(config("DGAD", "--dgad_iad", "authors"))
+    assert method.forward_sequence(60) == ("s_clean", "s_adv", "t_clean", "t_adv")
+    assert method.forward_sequence(61) == ("s_clean", "s_adv", "t_clean", "t_adv", "s_clean", "s_adv")
+    plain = configure(config("DGAD")).loss(outputs(61))
+    terms = method.loss(outputs(61))
+    assert abs(float(terms["L_IAD"].detach())) < 1e-15  # KL of a distribution with itself, up to rounding
+    assert close(terms["loss"], float(plain["loss"].detach()))
+    assert float(method.loss(outputs(1))["L_IAD"]) == 0.0  # the warm-up
+    assert configure(config("DGAD")).logged_parts() == ("L_ST", "L_AT", "L_PCR", "st_fraction")
