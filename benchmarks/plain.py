@@ -68,10 +68,13 @@ def host_batches(split: Split, batch_size: int, device, workers: int = 2, seed: 
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-def plain_target(spec, student: nn.Module, teacher: Optional[nn.Module], x: torch.Tensor, x_adv: torch.Tensor):
+def plain_target(spec, student: nn.Module, teacher: Optional[nn.Module], x: torch.Tensor, x_adv: torch.Tensor,
+                 peer: Optional[nn.Module] = None):
     """The attack's reference at this step, recomputed as the released attacks do."""
     if spec.target == "labels":
         return None
+    if spec.target == "peer_clean":  # PeerAiD computes the peer's clean logits once, before its attack
+        return peer(x)
     if spec.target == "teacher":
         return teacher(x_adv)
     if spec.target == "teacher_clean":
@@ -81,7 +84,8 @@ def plain_target(spec, student: nn.Module, teacher: Optional[nn.Module], x: torc
 
 
 def plain_attack(method: Method, student: nn.Module, teacher: Optional[nn.Module], x: torch.Tensor,
-                 y: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                 y: torch.Tensor, generator: Optional[torch.Generator] = None,
+                 peer: Optional[nn.Module] = None) -> torch.Tensor:
     spec, budget = method.attack, method.budget
     x = x.detach()
     x_adv = init_delta(x, budget.eps, spec.init, generator).detach()
@@ -90,7 +94,7 @@ def plain_attack(method: Method, student: nn.Module, teacher: Optional[nn.Module
         for _ in range(budget.steps):
             x_adv.requires_grad_(True)
             with torch.enable_grad():
-                loss = spec.inner_loss(student(x_adv), y, plain_target(spec, student, teacher, x, x_adv))
+                loss = spec.inner_loss(student(x_adv), y, plain_target(spec, student, teacher, x, x_adv, peer))
             (grad,) = torch.autograd.grad(loss, [x_adv])
             x_adv = pgd_step(x_adv.detach(), grad, x, budget.eps, budget.step_size)
     return x_adv.detach()
@@ -100,17 +104,25 @@ def plain_step(method: Method, student: nn.Module, teacher: Optional[nn.Module],
                y: torch.Tensor, epoch: int, generator: Optional[torch.Generator] = None,
                extra: Optional[nn.Module] = None, natural_teacher: Optional[nn.Module] = None):
     """(loss terms, StepOutputs) as `training_step` returns them, computed the released loops' way."""
-    x_adv = plain_attack(method, student, teacher, x, y, generator) if method.attack is not None else x
+    peer = extra if method.attack is not None and method.attack.target == "peer_clean" else None
+    if peer is not None:
+        with module_mode(peer, False), torch.no_grad():
+            peer_clean = peer(x)
+    x_adv = plain_attack(method, student, teacher, x, y, generator, peer=(lambda _: peer_clean) if peer else None) \
+        if method.attack is not None else x
     out = StepOutputs(y=y, epoch=epoch, extra=extra)
     x_minus = x - (x_adv - x)
     inputs = {"s_clean": (student, x), "s_adv": (student, x_adv), "t_clean": (teacher, x), "t_adv": (teacher, x_adv),
               "n_clean": (natural_teacher, x), "n_adv": (natural_teacher, x_adv), "s_minus": (student, x_minus),
-              "t_minus": (teacher, x_minus)}
+              "t_minus": (teacher, x_minus), "p_adv": (extra, x_adv)}
     with module_mode(student, True):
         for key in method.passes(epoch):
             model, batch = inputs[key]
             if model is student:
                 setattr(out, key, forward(student, batch, key, out, method.with_features))
+            elif key.startswith("p_"):
+                with module_mode(model, True):
+                    setattr(out, key, forward(model, batch, key, out, method.with_features))
             else:
                 with torch.no_grad():
                     setattr(out, key, forward(model, batch, key, out, method.with_features))

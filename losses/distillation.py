@@ -6,7 +6,7 @@ Teacher logits are targets only: they are detached here, whatever the caller pas
 ARD, RSLAD and AdaAD code use) or 'batchmean' (summed over classes, averaged over samples).
 Each `*_terms` returns the total under 'loss' and its unweighted parts (0 where switched off);
 each `*_loss` is that total."""
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -152,3 +152,27 @@ def igdm_term(s_plus: torch.Tensor, s_minus: torch.Tensor, t_plus: torch.Tensor,
     """IGDM: KL(softmax(T(x + d) - T(x - d)) || softmax(S(x + d) - S(x - d))), summed over classes and averaged
     over samples, d = x' - x: the student's logit difference across the perturbation matches the teacher's."""
     return kl_batchmean((t_plus - t_minus).detach(), s_plus - s_minus)
+
+
+def peeraid_terms(s_clean: torch.Tensor, s_adv: torch.Tensor, p_adv: torch.Tensor, y: torch.Tensor,
+                  temperature: float, peer_temperature: float, lambdas: Tuple[float, float, float],
+                  gammas: Tuple[float, float]) -> Dict[str, torch.Tensor]:
+    """PeerAiD: the student's and the peer's losses, summed (one backward trains both).
+
+    student: l1 CE(S(x'), y) + l2 T^2 KL(P(x')/T || S(x')/T) + l3 T^2 KL(S(x)/T || S(x')/T)
+    peer:    g1 CE(P(x'), y) + g2 Tr^2 KL(S(x')/Tr || P(x')/Tr)
+    Every KL is averaged over the N*C entries. The peer's prediction is detached as the student's target;
+    the student's clean prediction (its own target) and its adversarial one (the peer's target) are not,
+    as released. Parts 'ce', 'kl_peer', 'kl_self', 'peer_ce', 'peer_kl' (before weights and T^2) and
+    'peer_acc' (% of the batch the peer classifies right on x')."""
+    l1, l2, l3 = lambdas
+    g1, g2 = gammas
+    ce, peer_ce = F.cross_entropy(s_adv, y), F.cross_entropy(p_adv, y)
+    kl_peer = kl_mean_entries(p_adv.detach(), s_adv, temperature)
+    kl_self = kl_mean_entries(s_clean, s_adv, temperature)
+    peer_kl = kl_mean_entries(s_adv, p_adv, peer_temperature)
+    student = l1 * ce + temperature ** 2 * (l2 * kl_peer + l3 * kl_self)
+    peer = g1 * peer_ce + g2 * peer_temperature ** 2 * peer_kl
+    peer_acc = 100.0 * (p_adv.detach().argmax(1) == y).to(p_adv.dtype).mean()
+    return {"loss": student + peer, "ce": ce, "kl_peer": kl_peer, "kl_self": kl_self, "peer_ce": peer_ce,
+            "peer_kl": peer_kl, "peer_acc": peer_acc}

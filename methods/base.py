@@ -16,10 +16,11 @@ from runtime.distributed import World
 
 from .recipes import Recipe
 
-TARGETS = ("labels", "teacher_clean", "student_clean", "teacher")
+TARGETS = ("labels", "teacher_clean", "student_clean", "teacher", "peer_clean")
 # s: the student, t: the (adversarially trained) teacher, n: the naturally trained second teacher of
-# AKD and MTARD; each on clean (x) and adversarial (x' = x + d) inputs, and on x - d (IGDM's term).
-FORWARDS = ("s_clean", "s_adv", "t_clean", "t_adv", "n_clean", "n_adv", "s_minus", "t_minus")
+# AKD and MTARD; each on clean (x) and adversarial (x' = x + d) inputs, and on x - d (IGDM's term);
+# p: the peer network trained online beside the student (PeerAiD), in train() mode with gradient.
+FORWARDS = ("s_clean", "s_adv", "t_clean", "t_adv", "n_clean", "n_adv", "s_minus", "t_minus", "p_adv")
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,8 @@ class AttackSpec:
 
     inner_loss(student_logits, y, reference) is summed over the batch. target names the reference:
     'labels' (none), 'teacher_clean' (T(x), fixed), 'student_clean' (S(x) in eval mode, fixed) or
-    'teacher' (T(x') at every step, the gradient flowing through it). train_mode: the student's
+    'teacher' (T(x') at every step, the gradient flowing through it) or 'peer_clean' (the run's online
+    peer network, its extra module, on x in eval mode, fixed: PeerAiD). train_mode: the student's
     BatchNorm mode during the attack (True = train(), updating running statistics)."""
     inner_loss: Callable
     init: str
@@ -85,6 +87,7 @@ class StepOutputs:
     n_adv: Optional[torch.Tensor] = None
     s_minus: Optional[torch.Tensor] = None
     t_minus: Optional[torch.Tensor] = None
+    p_adv: Optional[torch.Tensor] = None
     features: Dict[str, torch.Tensor] = field(default_factory=dict)  # same keys, with_features only
     extra: Optional[nn.Module] = None  # the run's extra_module (e.g. VarGap's projector), if any
 
@@ -186,10 +189,14 @@ def forward(model: nn.Module, x: torch.Tensor, key: str, out: StepOutputs, with_
 
 
 def attack_target(spec: AttackSpec, student: nn.Module, teacher: Optional[nn.Module], x: torch.Tensor,
-                  t_clean: Optional[torch.Tensor], autocast: Callable = contextlib.nullcontext) -> Target:
+                  t_clean: Optional[torch.Tensor], autocast: Callable = contextlib.nullcontext,
+                  peer: Optional[nn.Module] = None) -> Target:
     """The one place that turns `spec.target` into what `pgd` takes: None, fixed logits or a network."""
     if spec.target == "labels":
         return None
+    if spec.target == "peer_clean":
+        with module_mode(peer, False), torch.no_grad(), autocast():
+            return peer(x).float()
     if spec.target == "teacher":
         return teacher
     if spec.target == "teacher_clean":
@@ -242,17 +249,22 @@ def training_step(method: Method, student: nn.Module, teacher: Optional[nn.Modul
         budget = method.budget
         x_adv = pgd(student, x, y, eps=budget.eps, step_size=budget.step_size, steps=budget.steps,
                     loss_fn=spec.inner_loss, init=spec.init, train_mode=spec.train_mode, generator=generator,
-                    target=attack_target(spec, student, teacher, x, out.t_clean, autocast), autocast=autocast,
+                    target=attack_target(spec, student, teacher, x, out.t_clean, autocast,
+                                         peer=getattr(extra, "module", extra)),  # the peer itself, not its DDP
+                    autocast=autocast,
                     batch_rows=rows if world.distributed else None)
     x_minus = x - (x_adv - x) if "s_minus" in sequence or "t_minus" in sequence else None  # not clamped
     inputs = {"s_clean": (trained_student, x), "s_adv": (trained_student, x_adv), "t_clean": (teacher, x),
               "t_adv": (teacher, x_adv), "n_clean": (natural_teacher, x), "n_adv": (natural_teacher, x_adv),
-              "s_minus": (trained_student, x_minus), "t_minus": (teacher, x_minus)}
+              "s_minus": (trained_student, x_minus), "t_minus": (teacher, x_minus), "p_adv": (extra, x_adv)}
     with module_mode(student, True), autocast():
         for key in sequence:
             model, batch = inputs[key]
             if model is trained_student:
                 setattr(out, key, forward(trained_student, batch, key, out, features))
+            elif key.startswith("p_"):  # the online peer: trained, so train() with gradient
+                with module_mode(model, True):
+                    setattr(out, key, forward(model, batch, key, out, features))
             elif getattr(out, key) is None:
                 with torch.no_grad():
                     setattr(out, key, forward(model, batch, key, out, features))

@@ -46,7 +46,7 @@ def one_epoch(name, world):
     method = configure(config)
     torch.manual_seed(0)
     student, teacher = NoNormNet(), frozen(NoNormNet(width=8))
-    extra = method.extra_module(student, teacher)
+    extra = NoNormNet() if name == "PeerAiD" else method.extra_module(student, teacher)  # the peer, without BN
     params = list(student.parameters()) + ([] if extra is None else list(extra.parameters()))
     natural = frozen(NoNormNet(width=5)) if method.needs_natural_teacher else None
     trainee = Trainee(student, teacher, extra, build_optimizer(config, params), run_generators("cpu", 3),

@@ -1,5 +1,6 @@
 """The fast training step against the plain reference, bf16 and channels_last steps, and the
 benchmark's FLOP counting and phase attribution. Nothing here is timed."""
+import copy
 
 import pytest
 import torch
@@ -55,14 +56,15 @@ def test_plain_and_fast_paths_agree_in_fp32(name):
     student, teacher = networks(teacher=method.needs_teacher)
     natural = networks(seed=3)[1] if method.needs_natural_teacher else None
     plain_student, plain_teacher = plain_models(student, teacher)
-    extra = method.extra_module(student, teacher)  # e.g. VarGap's projector, which both paths then share
+    extra = method.extra_module(student, teacher)  # VarGap's projector, PeerAiD's peer: each path its own copy
+    plain_extra = copy.deepcopy(extra)
     x, y = batch()
     fast_seen, h1 = update_inputs(student)
     plain_seen, h2 = update_inputs(plain_student)
     terms, out = training_step(method, student, teacher, x, y, 1, generator=torch.Generator().manual_seed(7),
                                extra=extra, natural_teacher=natural)
     plain_terms, plain_out = plain_step(method, plain_student, plain_teacher, x, y, 1,
-                                        generator=torch.Generator().manual_seed(7), extra=extra,
+                                        generator=torch.Generator().manual_seed(7), extra=plain_extra,
                                         natural_teacher=natural)
     h1.remove(), h2.remove()
     student_passes = [key for key in method.passes(1) if key.startswith("s_")]

@@ -352,7 +352,8 @@ def test_shared_option_names_keep_each_methods_default():
 
 
 def test_every_method_is_registered():
-    assert [m for m in method_names() if get_method(m).needs_teacher is False] == ["Natural", "PGDAT", "TRADES"]
+    assert [m for m in method_names() if get_method(m).needs_teacher is False] == ["Natural", "PGDAT", "TRADES",
+                                                                                    "PeerAiD"]
 
 
 # -- the inner maximisation of each method (docs/methods.md sections 3 and 6.1) -------------------
@@ -539,7 +540,7 @@ def test_mobilenet_authors_expression_only_with_pcr_on_cifar():
 
 def test_the_table_lists_every_method_in_help_order_and_refuses_a_name_twice():
     assert method_names() == ["Natural", "PGDAT", "TRADES", "ARD", "IAD", "RSLAD", "AKD", "AdaAD", "AdaIAD", "MTARD",
-                              "IGDM", "DGAD", "VarGap"]
+                              "IGDM", "PeerAiD", "DGAD", "VarGap"]
     with pytest.raises(ValueError, match="'DGAD' is registered twice"):
         METHODS.register(type("Again", (Method,), {"name": "DGAD"}))
     with pytest.raises(ValueError, match="'X' is registered twice"):

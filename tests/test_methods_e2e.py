@@ -79,6 +79,8 @@ def test_trades_teacher_is_loaded_by_a_following_dgad_run(trades_teacher, real_d
     ("MTARD", (), {"MTARD_rate": 0.025, "MTARD_power": 1.0, "weight_decay": 2e-4}),
     ("IGDM", (), {"igdm_alpha": 1.0, "igdm_horizon": 200, "epsilon": 2.0, "step_size": 8.0}),
     ("DGAD", ("--igdm_alpha", "2"), {"igdm_alpha": 2.0, "ALP_beta": 5.0}),  # the IGDM plug-in on DGAD
+    ("DGAD", ("--dgad_iad", "intent", "--IAD_begin", "0"), {"dgad_iad": "intent"}),
+    ("PeerAiD", (), {"peer_T": 5.0, "peer_lamb1": 0.0, "peer_gamma2": 0.1, "teacher_path": None}),
     ("VarGap", ("--vg_gram", "1"), {"vg_base": "RSLAD", "vg_cov": 1.0, "vg_gram": 1.0, "kl_reduction": "authors"}),
 ])
 def test_every_method_trains_one_epoch_through_main(method, flags, recorded, trades_teacher, real_data_dir,
@@ -91,7 +93,9 @@ def test_every_method_trains_one_epoch_through_main(method, flags, recorded, tra
     assert code == 0, capsys.readouterr().err
     row, config, best = check_run(str(tmp_path), method)
     assert {key: config[key] for key in recorded} == recorded
-    parts = list(get_method(method).parts or config["loss_parts"]) + (["igdm"] if config.get("igdm_alpha") else [])
+    parts = list(get_method(method).parts or config["loss_parts"]) + (["L_IAD"] if config.get("dgad_iad", "off") != "off"
+                                                                       else []) \
+        + (["igdm"] if config.get("igdm_alpha") else [])
     assert [key[len("train_"):] for key in row if key.startswith("train_") and key not in ("train_loss", "train_acc")] \
         == parts == config["loss_parts"]
     if method == "VarGap":
@@ -99,6 +103,10 @@ def test_every_method_trains_one_epoch_through_main(method, flags, recorded, tra
         assert "approximate re-implementation" in config["summary"]
         assert tuple(best["extra"]["weight"].shape) == (64, 64)
         assert tuple(safe_load(os.path.join(str(tmp_path), "last.pth"))["extra"]["weight"].shape) == (64, 64)
+    elif method == "PeerAiD":  # the peer, trained beside the student, is saved (and resumed) with it
+        peer = safe_load(os.path.join(str(tmp_path), "last.pth"))["extra"]
+        build_model(MODEL, 10).load_state_dict(peer)
+        assert 0 <= float(row["train_peer_acc"]) <= 100
     else:
         assert "extra" not in best
 

@@ -285,10 +285,12 @@ def run_main(*args):
     return result
 
 
-@pytest.mark.parametrize("method", ["MTARD", "AKD"])
-def test_two_teacher_runs_resume_exactly(method, tmp_path, real_data_dir, small_teacher):
-    common = ["--method", method, "--model", "wideresnet10_1", "--teacher_model", "wideresnet10_1", "--teacher_path",
-              small_teacher, "--teacher_st_model", "wideresnet10_1", "--teacher_st_path", small_teacher,
+@pytest.mark.parametrize("method", ["MTARD", "AKD", "PeerAiD"])
+def test_two_teacher_and_online_peer_runs_resume_exactly(method, tmp_path, real_data_dir, small_teacher):
+    teachers = [] if method == "PeerAiD" else [
+        "--teacher_model", "wideresnet10_1", "--teacher_path", small_teacher, "--teacher_st_model", "wideresnet10_1",
+        "--teacher_st_path", small_teacher]
+    common = ["--method", method, "--model", "wideresnet10_1", *teachers,
               "--data_dir", real_data_dir, "--train_subset", "64", "--test_subset", "32", "--bs", "16",
               "--num_steps", "1", "--epochs", "2", "--deterministic"]
     run_main(*common, "--save_dir", str(tmp_path / "unbroken"))
@@ -298,6 +300,9 @@ def test_two_teacher_runs_resume_exactly(method, tmp_path, real_data_dir, small_
     a = torch.load(os.path.join(tmp_path, "unbroken", "last.pth"), weights_only=True)
     b = torch.load(os.path.join(tmp_path, "broken", "last.pth"), weights_only=True)
     assert all(torch.equal(a["net"][k], b["net"][k]) for k in a["net"])
+    if method == "PeerAiD":  # the peer's weights (and its momentum, in the one optimiser) resume too
+        assert all(torch.equal(a["extra"][k], b["extra"][k]) for k in a["extra"])
+        return
     assert a["config"]["teacher_st_sha256"] == b["config"]["teacher_st_sha256"] is not None
     if method == "MTARD":
         assert a["method_state"].keys() == {"w_nat", "first_adv", "first_nat"}
@@ -357,3 +362,66 @@ def test_dgad_iad_authors_compares_each_pass_with_itself_and_adds_two_passes():
     assert close(terms["loss"], float(plain["loss"].detach()))
     assert float(method.loss(outputs(1))["L_IAD"]) == 0.0  # the warm-up
     assert configure(config("DGAD")).logged_parts() == ("L_ST", "L_AT", "L_PCR", "st_fraction")
+
+
+# -- PeerAiD --------------------------------------------------------------------------------------------
+
+P_ADV = [[1.0, -1.0, 0.5], [0.0, 0.5, 2.0]]
+
+
+@pytest.mark.parametrize("dataset, T, lambdas, gammas", [
+    ("CIFAR10", 5.0, (0.0, 1.0, 1.0), (1.0, 0.1)),
+    ("CIFAR100", 5.0, (0.0, 1.0, 1.0), (1.0, 1.0)),
+])
+def test_peeraid_loss_by_hand(dataset, T, lambdas, gammas):
+    cfg = config("PeerAiD", dataset=dataset)
+    assert (cfg.options["peer_T"], cfg.options["peer_T_re"]) == (T, 1.0)
+    out = outputs()
+    out.p_adv = tensor(P_ADV, True)
+    terms = configure(cfg).loss(out)
+
+    def kl_entries(target, logits, tau):
+        return sum(kl(target[i], logits[i], tau) for i in range(N)) / (N * C)
+    ce_s = mean([ce(S_ADV[i], Y[i]) for i in range(N)])
+    ce_p = mean([ce(P_ADV[i], Y[i]) for i in range(N)])
+    student = lambdas[0] * ce_s + T ** 2 * (lambdas[1] * kl_entries(P_ADV, S_ADV, T)
+                                            + lambdas[2] * kl_entries(S_CLEAN, S_ADV, T))
+    peer = gammas[0] * ce_p + gammas[1] * kl_entries(S_ADV, P_ADV, 1.0)
+    assert close(terms["loss"], student + peer)
+    assert close(terms["kl_self"], kl_entries(S_CLEAN, S_ADV, T)) and close(terms["peer_kl"], kl_entries(S_ADV, P_ADV, 1))
+    predicted = [max(range(C), key=lambda c: P_ADV[i][c]) for i in range(N)]
+    assert close(terms["peer_acc"], 100.0 * mean([float(predicted[i] == Y[i]) for i in range(N)]))
+
+
+def test_peeraid_gradients_reach_the_student_through_the_peers_kl_and_not_the_peer_through_its_target():
+    cfg = config("PeerAiD", "--peer_lamb2", "0", "--peer_lamb3", "0", "--peer_gamma1", "0")
+    out = outputs()
+    out.p_adv = tensor(P_ADV, True)
+    loss = configure(cfg).loss(out)["loss"]  # only the peer's KL to the student's S(x')
+    g_student, g_peer = torch.autograd.grad(loss, [out.s_adv, out.p_adv])
+    assert g_student.abs().sum() > 0 and g_peer.abs().sum() > 0  # the student's prediction is not detached
+    cfg = config("PeerAiD", "--peer_lamb3", "0", "--peer_gamma1", "0", "--peer_gamma2", "0")
+    out = outputs()
+    out.p_adv = tensor(P_ADV, True)
+    (g_peer,) = torch.autograd.grad(configure(cfg).loss(out)["loss"], [out.p_adv], allow_unused=True)
+    assert g_peer is None or g_peer.abs().sum() == 0  # the peer is the student's target only, detached
+
+
+def test_peeraid_attacks_from_the_peers_clean_eval_prediction_and_trains_the_peer_on_x_adv():
+    cfg = config("PeerAiD", "--num_steps", "2")
+    method = configure(cfg)
+    assert (cfg.teacher_path, cfg.epochs, cfg.milestones, cfg.weight_decay) == (None, 300, (214, 259, 284), 2e-4)
+    torch.manual_seed(0)
+    student, peer = TinyNet(), TinyNet()
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.rand(4, 3, 8, 8, generator=generator), torch.randint(0, 3, (4,), generator=generator)
+    seen = []
+    for who, net in (("student", student), ("peer", peer)):
+        net.register_forward_pre_hook(lambda module, args, who=who: seen.append(
+            (who, "train" if module.training else "eval", "x" if torch.equal(args[0], x) else "adv",
+             torch.is_grad_enabled())))
+    _, out = training_step(method, student, None, x, y, epoch=1, extra=peer, generator=torch.Generator().manual_seed(1))
+    assert seen == [("peer", "eval", "x", False)] + [("student", "eval", "adv", True)] * 2 + [
+        ("peer", "train", "adv", True), ("student", "train", "adv", True), ("student", "train", "adv", True),
+        ("student", "train", "x", True)]
+    assert out.p_adv.requires_grad

@@ -244,6 +244,8 @@ def train_one_epoch(method: Method, trainee: Trainee, batches: TrainBatches, epo
             x = prepare_batch(x, config.channels_last)
             if not config.sync_bn:
                 world.broadcast_buffers(trainee.student)  # every process attacks the model process 0 saves
+            if trainee.extra is not None:
+                world.broadcast_buffers(trainee.extra)  # e.g. PeerAiD's peer, whose eval() pass is the attack's target
             terms, out = training_step(method, trainee.student, trainee.teacher, x, y, epoch,
                                        generator=trainee.generators["attack"], autocast=autocast,
                                        extra=trainee.trained_extra, world=world, rows=rows,
