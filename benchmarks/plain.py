@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from attacks import init_delta, module_mode, pgd_step
 from data import Split, to_float
 from methods import Method, StepOutputs, forward
+from methods.base import taylor_target
 
 PADDING = 4
 
@@ -69,12 +70,12 @@ def host_batches(split: Split, batch_size: int, device, workers: int = 2, seed: 
 
 
 def plain_target(spec, student: nn.Module, teacher: Optional[nn.Module], x: torch.Tensor, x_adv: torch.Tensor,
-                 peer: Optional[nn.Module] = None):
+                 reference=None):
     """The attack's reference at this step, recomputed as the released attacks do."""
     if spec.target == "labels":
         return None
-    if spec.target == "peer_clean":  # PeerAiD computes the peer's clean logits once, before its attack
-        return peer(x)
+    if spec.target in ("peer_clean", "teacher_taylor"):  # computed once before the attack, as released
+        return reference(x_adv)
     if spec.target == "teacher":
         return teacher(x_adv)
     if spec.target == "teacher_clean":
@@ -84,8 +85,7 @@ def plain_target(spec, student: nn.Module, teacher: Optional[nn.Module], x: torc
 
 
 def plain_attack(method: Method, student: nn.Module, teacher: Optional[nn.Module], x: torch.Tensor,
-                 y: torch.Tensor, generator: Optional[torch.Generator] = None,
-                 peer: Optional[nn.Module] = None) -> torch.Tensor:
+                 y: torch.Tensor, generator: Optional[torch.Generator] = None, reference=None) -> torch.Tensor:
     spec, budget = method.attack, method.budget
     x = x.detach()
     x_adv = init_delta(x, budget.eps, spec.init, generator).detach()
@@ -94,7 +94,7 @@ def plain_attack(method: Method, student: nn.Module, teacher: Optional[nn.Module
         for _ in range(budget.steps):
             x_adv.requires_grad_(True)
             with torch.enable_grad():
-                loss = spec.inner_loss(student(x_adv), y, plain_target(spec, student, teacher, x, x_adv, peer))
+                loss = spec.inner_loss(student(x_adv), y, plain_target(spec, student, teacher, x, x_adv, reference))
             (grad,) = torch.autograd.grad(loss, [x_adv])
             x_adv = pgd_step(x_adv.detach(), grad, x, budget.eps, budget.step_size)
     return x_adv.detach()
@@ -104,12 +104,14 @@ def plain_step(method: Method, student: nn.Module, teacher: Optional[nn.Module],
                y: torch.Tensor, epoch: int, generator: Optional[torch.Generator] = None,
                extra: Optional[nn.Module] = None, natural_teacher: Optional[nn.Module] = None):
     """(loss terms, StepOutputs) as `training_step` returns them, computed the released loops' way."""
-    peer = extra if method.attack is not None and method.attack.target == "peer_clean" else None
-    if peer is not None:
-        with module_mode(peer, False), torch.no_grad():
-            peer_clean = peer(x)
-    x_adv = plain_attack(method, student, teacher, x, y, generator, peer=(lambda _: peer_clean) if peer else None) \
-        if method.attack is not None else x
+    reference = None  # PeerAiD's and SAAD's targets, computed before their attacks (as `x' -> logits`)
+    if method.attack is not None and method.attack.target == "peer_clean":
+        with module_mode(extra, False), torch.no_grad():
+            peer_clean = extra(x)
+        reference = lambda _: peer_clean  # noqa: E731
+    if method.attack is not None and method.attack.target == "teacher_taylor":
+        reference = taylor_target(teacher, x, y, method.attack.taylor)
+    x_adv = plain_attack(method, student, teacher, x, y, generator, reference) if method.attack is not None else x
     out = StepOutputs(y=y, epoch=epoch, extra=extra)
     x_minus = x - (x_adv - x)
     inputs = {"s_clean": (student, x), "s_adv": (student, x_adv), "t_clean": (teacher, x), "t_adv": (teacher, x_adv),

@@ -7,12 +7,12 @@ from .common import kl_batchmean, kl_mean_entries, kl_rows, swap_columns
 from .dgad import dgad_loss, dgad_terms
 from .distillation import (KL_REDUCTIONS, adaad_loss, adaad_terms, akd_terms, ard_loss, ard_terms, iad_loss,
                            iad_terms, igdm_term, kl_mean_entries_eps, kl_reduced, mtard_terms, mtard_weight_update,
-                           peeraid_terms, rslad_loss, rslad_terms, teacher_trust)
+                           peeraid_terms, rslad_loss, rslad_terms, saad_terms, teacher_trust)
 from .vargap import batch_covariance, covariance_alignment, gram_alignment, variance_gap_alignment, variance_gap_terms
 
 __all__ = ["KL_REDUCTIONS", "adaad_loss", "adaad_terms", "akd_terms", "ard_loss", "ard_terms", "batch_covariance",
            "covariance_alignment", "cross_entropy_loss", "cross_entropy_terms", "dgad_loss", "dgad_terms",
            "gram_alignment", "iad_loss", "iad_terms", "igdm_term", "kl_batchmean", "kl_mean_entries",
            "kl_mean_entries_eps", "kl_reduced", "kl_rows", "mtard_terms", "mtard_weight_update", "peeraid_terms",
-           "rslad_loss", "rslad_terms", "swap_columns", "teacher_trust", "trades_loss", "trades_terms",
+           "rslad_loss", "rslad_terms", "saad_terms", "swap_columns", "teacher_trust", "trades_loss", "trades_terms",
            "variance_gap_alignment", "variance_gap_terms"]

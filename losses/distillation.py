@@ -176,3 +176,27 @@ def peeraid_terms(s_clean: torch.Tensor, s_adv: torch.Tensor, p_adv: torch.Tenso
     peer_acc = 100.0 * (p_adv.detach().argmax(1) == y).to(p_adv.dtype).mean()
     return {"loss": student + peer, "ce": ce, "kl_peer": kl_peer, "kl_self": kl_self, "peer_ce": peer_ce,
             "peer_kl": peer_kl, "peer_acc": peer_acc}
+
+
+def entropy_weights(t_adv: torch.Tensor, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """SAAD's per-sample weights from the teacher's entropy H_i on x'_i: w = scale (H - min H), and w
+    rescaled to [0, 1] (the weight of the clean term's complement). No gradient."""
+    p = F.softmax(t_adv.detach(), dim=1)
+    entropy = -(p * F.log_softmax(t_adv.detach(), dim=1)).sum(1)
+    w = (scale * (entropy - entropy.min())).clamp(min=0)
+    return w, (w - w.min()) / (w.max() - w.min() + 1e-8)
+
+
+def saad_terms(s_clean: torch.Tensor, s_adv: torch.Tensor, s_minus: torch.Tensor, t_clean: torch.Tensor,
+               t_adv: torch.Tensor, t_minus: torch.Tensor, igdm_weight: float, scale: float,
+               beta: float) -> Dict[str, torch.Tensor]:
+    """SAAD: (1/N) sum_i [ w_i (KL_i(T(x') || S(x')) + a KL_i(IGDM)) + beta (1 - w~_i) KL_i(T(x) || S(x)) ],
+    w and w~ from `entropy_weights`, a = `igdm_weight` (alpha * epoch / epochs), every KL summed over
+    classes; parts 'kl_adv', 'kl_clean', 'igdm' (batch means, unweighted), 'w_mean' and 'w_max'."""
+    w, w_scaled = entropy_weights(t_adv, scale)
+    kl_adv = kl_rows(t_adv.detach(), s_adv)
+    kl_clean = kl_rows(t_clean.detach(), s_clean)
+    igdm = kl_rows((t_adv - t_minus).detach(), s_adv - s_minus)
+    loss = (w * (kl_adv + igdm_weight * igdm) + beta * (1 - w_scaled) * kl_clean).mean()
+    return {"loss": loss, "kl_adv": kl_adv.mean(), "kl_clean": kl_clean.mean(), "igdm": igdm.mean(),
+            "w_mean": w.mean(), "w_max": w.max()}

@@ -7,11 +7,12 @@ from .distillation import ARD, IAD, RSLAD, AdaAD, AdaIAD
 from .igdm import IGDM
 from .multi_teacher import AKD, MTARD
 from .peeraid import PeerAiD
+from .saad import SAAD
 from .registry import MethodTable
 from .vargap import VarGap
 
-METHODS = MethodTable([Natural, PGDAT, TRADES, ARD, IAD, RSLAD, AKD, AdaAD, AdaIAD, MTARD, IGDM, PeerAiD, DGAD,
-                       VarGap])
+METHODS = MethodTable([Natural, PGDAT, TRADES, ARD, IAD, RSLAD, AKD, AdaAD, AdaIAD, MTARD, IGDM, PeerAiD, SAAD,
+                       DGAD, VarGap])
 get_method = METHODS.get
 method_names = METHODS.names
 all_options = METHODS.all_options

@@ -10,13 +10,14 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from attacks import Target, module_mode, pgd
 from runtime.distributed import World
 
 from .recipes import Recipe
 
-TARGETS = ("labels", "teacher_clean", "student_clean", "teacher", "peer_clean")
+TARGETS = ("labels", "teacher_clean", "student_clean", "teacher", "peer_clean", "teacher_taylor")
 # s: the student, t: the (adversarially trained) teacher, n: the naturally trained second teacher of
 # AKD and MTARD; each on clean (x) and adversarial (x' = x + d) inputs, and on x - d (IGDM's term);
 # p: the peer network trained online beside the student (PeerAiD), in train() mode with gradient.
@@ -30,12 +31,15 @@ class AttackSpec:
     inner_loss(student_logits, y, reference) is summed over the batch. target names the reference:
     'labels' (none), 'teacher_clean' (T(x), fixed), 'student_clean' (S(x) in eval mode, fixed) or
     'teacher' (T(x') at every step, the gradient flowing through it) or 'peer_clean' (the run's online
-    peer network, its extra module, on x in eval mode, fixed: PeerAiD). train_mode: the student's
-    BatchNorm mode during the attack (True = train(), updating running statistics)."""
+    peer network, its extra module, on x in eval mode, fixed: PeerAiD) or 'teacher_taylor' (T(x) with
+    its true-class logit moved by `taylor` times the first-order change <grad_x T_y(x), x' - x>, the
+    gradient flowing through that change: SAAD). train_mode: the student's BatchNorm mode during the
+    attack (True = train(), updating running statistics)."""
     inner_loss: Callable
     init: str
     train_mode: bool = False
     target: str = "labels"
+    taylor: float = 1.0
 
     def __post_init__(self):
         if self.target not in TARGETS:
@@ -143,6 +147,11 @@ class Method:
         return terms
 
     @classmethod
+    def swa_start(cls, args) -> int:
+        """--swa_start when not given: 0 (no weight averaging) unless the released code averages."""
+        return 0
+
+    @classmethod
     def natural_teacher_model(cls, args) -> Optional[str]:
         """The second teacher's architecture when --teacher_st_model is not given."""
         return None
@@ -188,12 +197,30 @@ def forward(model: nn.Module, x: torch.Tensor, key: str, out: StepOutputs, with_
     return model(x).float()
 
 
+def taylor_target(teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, taylor: float,
+                  autocast: Callable = contextlib.nullcontext) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x' -> T(x) + taylor * <grad_x T_y(x), x' - x> on the true class (one teacher pass with an input
+    gradient, then linear in x'): the teacher at x' to first order, without running it."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad(), autocast():
+        logits = teacher(x).float()
+    (slope,) = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), [x])
+    base, true_class = logits.detach(), F.one_hot(y, logits.shape[1]).to(logits.dtype)
+
+    def target(x_adv: torch.Tensor) -> torch.Tensor:
+        change = (slope * (x_adv - x.detach())).flatten(1).sum(1)
+        return base + taylor * change[:, None] * true_class
+    return target
+
+
 def attack_target(spec: AttackSpec, student: nn.Module, teacher: Optional[nn.Module], x: torch.Tensor,
                   t_clean: Optional[torch.Tensor], autocast: Callable = contextlib.nullcontext,
-                  peer: Optional[nn.Module] = None) -> Target:
+                  peer: Optional[nn.Module] = None, y: Optional[torch.Tensor] = None) -> Target:
     """The one place that turns `spec.target` into what `pgd` takes: None, fixed logits or a network."""
     if spec.target == "labels":
         return None
+    if spec.target == "teacher_taylor":
+        return taylor_target(teacher, x, y, spec.taylor, autocast)
     if spec.target == "peer_clean":
         with module_mode(peer, False), torch.no_grad(), autocast():
             return peer(x).float()
@@ -250,7 +277,7 @@ def training_step(method: Method, student: nn.Module, teacher: Optional[nn.Modul
         x_adv = pgd(student, x, y, eps=budget.eps, step_size=budget.step_size, steps=budget.steps,
                     loss_fn=spec.inner_loss, init=spec.init, train_mode=spec.train_mode, generator=generator,
                     target=attack_target(spec, student, teacher, x, out.t_clean, autocast,
-                                         peer=getattr(extra, "module", extra)),  # the peer itself, not its DDP
+                                         peer=getattr(extra, "module", extra), y=y),  # the peer itself, not its DDP
                     autocast=autocast,
                     batch_rows=rows if world.distributed else None)
     x_minus = x - (x_adv - x) if "s_minus" in sequence or "t_minus" in sequence else None  # not clamped

@@ -52,6 +52,11 @@ class PeerAiD(Method):
     # the same schedule is assumed); peer and student share these settings.
     recipe = released("jaewonalive/PeerAiD main.py, configs/", 300, (214, 259, 284), 2e-4)
 
+    @classmethod
+    def swa_start(cls, args) -> int:
+        """Its configs start SWA of the student at the first learning-rate decay."""
+        return args.milestones[0] if args.milestones else 0
+
     def __init__(self, config):
         super().__init__(config)
         o = config.options

@@ -10,6 +10,10 @@ from losses import igdm_term
 from .base import Option, StepOutputs
 
 
+# The methods whose released code adds the term by default, and its weight there.
+IGDM_DEFAULT_ALPHA = {"IGDM": lambda dataset: 1.0, "SAAD": lambda dataset: 1.0 if dataset == "CIFAR10" else 10.0}
+
+
 class IGDMTerm:
     """IGDM (Lee et al., ICLR 2025): + alpha * (epoch / horizon) * KL(softmax(T(x+d) - T(x-d)) ||
     softmax(S(x+d) - S(x-d))), d = x' - x, the student's passes in train() mode with gradient, the
@@ -17,9 +21,11 @@ class IGDMTerm:
     passes = ("s_adv", "t_adv", "s_minus", "t_minus")
     parts = ("igdm",)
     options = {
-        "igdm_alpha": Option(lambda args: 1.0 if args.method == "IGDM" else 0.0, type=float, low=0,
+        "igdm_alpha": Option(lambda args: IGDM_DEFAULT_ALPHA.get(args.method, lambda dataset: 0.0)(args.dataset),
+                             type=float, low=0,
                              help="IGDM plug-in: weight alpha of the input-gradient matching term, reached at "
-                                  "epoch --igdm_horizon and growing linearly to it (0 = off; IGDM: 1)"),
+                                  "epoch --igdm_horizon and growing linearly to it (0 = off; IGDM: 1; SAAD, in its "
+                                  "per-sample weighted loss, over all --epochs: 1 on CIFAR-10, 10 elsewhere)"),
         "igdm_horizon": Option(200, type=int, low=1,
                                help="IGDM plug-in: the epoch at which the term's weight reaches --igdm_alpha "
                                     "(the released igdm.py divides the epoch by 200 whatever the run's length)"),

@@ -184,7 +184,8 @@ class Plan:
 
     def add_evaluation(self, run: Job) -> Job:
         method = run.commands[0][run.commands[0].index("--method") + 1]
-        checkpoint = os.path.join(run.folder, reported_checkpoint(method))
+        swa_start = {**self.preset.train, **self.preset.method_flags.get(method, {})}.get("swa_start")
+        checkpoint = os.path.join(run.folder, reported_checkpoint(method, swa_start))
         commands = []
         for e in self.preset.evaluations:
             command = [self.eval_script, "--dataset", self.preset.dataset, "--model", self.preset.student,

@@ -20,11 +20,19 @@ BEST_PGD, BEST_CLEAN = "best_PGD10_acc_model.pth", "best_clean_acc_model.pth"
 NOT_DEFINING = OPERATIONAL | {"seed", "loss_parts", "teacher_sha256", "teacher_st_sha256"}
 
 
-def reported_checkpoint(method: str) -> str:
+# Methods whose released code reports the student's weight average (--swa_start): SAAD its last one,
+# PeerAiD its best-PGD-10 one.
+AVERAGE_REPORTED = {"SAAD": "swa_model.pth", "PeerAiD": "best_PGD10_acc_swa_model.pth"}
+
+
+def reported_checkpoint(method: str, swa_start: Optional[int] = None) -> str:
     """The checkpoint a table reports for a run: the best-PGD-10 one, as the papers do; for Natural
     training, which never sees an adversarial example, the best clean one (its PGD-10 curve stays
-    near zero, so its best-PGD-10 epoch is an accident)."""
-    return BEST_CLEAN if method == "Natural" else BEST_PGD
+    near zero, so its best-PGD-10 epoch is an accident); the weight average for the methods whose
+    released code reports it, unless the run had none (`swa_start` 0; None: the method's default)."""
+    if method == "Natural":
+        return BEST_CLEAN
+    return BEST_PGD if swa_start == 0 else AVERAGE_REPORTED.get(method, BEST_PGD)
 
 
 @dataclass
@@ -97,7 +105,7 @@ def read_run(folder: str, checkpoint: Optional[str]) -> Optional[Run]:
     if config is None:
         return None
     run = Run(folder, config, read_history(os.path.join(folder, "results.csv")))
-    checkpoint = checkpoint or reported_checkpoint(run.method)
+    checkpoint = checkpoint or reported_checkpoint(run.method, config.get("swa_start", 0))
     for path in sorted(glob.glob(os.path.join(glob.escape(folder), f"{checkpoint}.eval.*.json"))):
         report = read_json(path)
         if is_report(report):

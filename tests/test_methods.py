@@ -540,7 +540,7 @@ def test_mobilenet_authors_expression_only_with_pcr_on_cifar():
 
 def test_the_table_lists_every_method_in_help_order_and_refuses_a_name_twice():
     assert method_names() == ["Natural", "PGDAT", "TRADES", "ARD", "IAD", "RSLAD", "AKD", "AdaAD", "AdaIAD", "MTARD",
-                              "IGDM", "PeerAiD", "DGAD", "VarGap"]
+                              "IGDM", "PeerAiD", "SAAD", "DGAD", "VarGap"]
     with pytest.raises(ValueError, match="'DGAD' is registered twice"):
         METHODS.register(type("Again", (Method,), {"name": "DGAD"}))
     with pytest.raises(ValueError, match="'X' is registered twice"):

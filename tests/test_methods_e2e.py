@@ -81,6 +81,7 @@ def test_trades_teacher_is_loaded_by_a_following_dgad_run(trades_teacher, real_d
     ("DGAD", ("--igdm_alpha", "2"), {"igdm_alpha": 2.0, "ALP_beta": 5.0}),  # the IGDM plug-in on DGAD
     ("DGAD", ("--dgad_iad", "intent", "--IAD_begin", "0"), {"dgad_iad": "intent"}),
     ("PeerAiD", (), {"peer_T": 5.0, "peer_lamb1": 0.0, "peer_gamma2": 0.1, "teacher_path": None}),
+    ("SAAD", (), {"saad_scale": 5.0, "saad_beta": 0.0, "igdm_alpha": 1.0, "swa_start": 95}),
     ("VarGap", ("--vg_gram", "1"), {"vg_base": "RSLAD", "vg_cov": 1.0, "vg_gram": 1.0, "kl_reduction": "authors"}),
 ])
 def test_every_method_trains_one_epoch_through_main(method, flags, recorded, trades_teacher, real_data_dir,
@@ -95,7 +96,7 @@ def test_every_method_trains_one_epoch_through_main(method, flags, recorded, tra
     assert {key: config[key] for key in recorded} == recorded
     parts = list(get_method(method).parts or config["loss_parts"]) + (["L_IAD"] if config.get("dgad_iad", "off") != "off"
                                                                        else []) \
-        + (["igdm"] if config.get("igdm_alpha") else [])
+        + (["igdm"] if config.get("igdm_alpha") and "igdm" not in get_method(method).parts else [])
     assert [key[len("train_"):] for key in row if key.startswith("train_") and key not in ("train_loss", "train_acc")] \
         == parts == config["loss_parts"]
     if method == "VarGap":

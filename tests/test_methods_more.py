@@ -425,3 +425,105 @@ def test_peeraid_attacks_from_the_peers_clean_eval_prediction_and_trains_the_pee
         ("peer", "train", "adv", True), ("student", "train", "adv", True), ("student", "train", "adv", True),
         ("student", "train", "x", True)]
     assert out.p_adv.requires_grad
+
+
+# -- SAAD -----------------------------------------------------------------------------------------------
+
+def entropy(row):
+    p = softmax(row)
+    return -sum(pi * math.log(pi) for pi in p)
+
+
+@pytest.mark.parametrize("epoch, beta", [(1, 0.0), (150, 0.5)])
+def test_saad_loss_by_hand(epoch, beta):
+    cfg = config("SAAD", "--saad_beta", str(beta))
+    assert (cfg.options["saad_scale"], cfg.options["saad_lambda"], cfg.options["igdm_alpha"]) == (5.0, 1.0, 1.0)
+    assert config("SAAD", dataset="CIFAR100").options["igdm_alpha"] == 10.0
+    assert (cfg.swa_start, cfg.epochs, cfg.milestones, cfg.weight_decay, cfg.epsilon) == (95, 200, (100, 150), 2e-4, 8)
+    terms = configure(cfg).loss(outputs(epoch))
+    h = [entropy(T_ADV[i]) for i in range(N)]
+    w = [5.0 * (h[i] - min(h)) for i in range(N)]
+    w_scaled = [(w[i] - min(w)) / (max(w) - min(w) + 1e-8) for i in range(N)]
+    a = 1.0 * epoch / 200
+    per_sample = [w[i] * (kl(T_ADV[i], S_ADV[i]) + a * kl(minus(T_ADV[i], T_MINUS[i]), minus(S_ADV[i], S_MINUS[i])))
+                  + beta * (1 - w_scaled[i]) * kl(T_CLEAN[i], S_CLEAN[i]) for i in range(N)]
+    assert close(terms["loss"], mean(per_sample)) and close(terms["w_mean"], mean(w)) and close(terms["w_max"], max(w))
+    assert min(w) == 0.0  # the most confident teacher prediction gets no adversarial weight
+
+
+def test_saad_attack_target_is_the_teacher_moved_along_its_input_gradient():
+    from methods.base import taylor_target
+    torch.manual_seed(0)
+    teacher = TinyNet().eval().requires_grad_(False)
+    x, y = torch.rand(3, 3, 8, 8), torch.tensor([0, 1, 2])
+    target = taylor_target(teacher, x, y, taylor=2.0)
+    step = 1e-3 * torch.randn(3, 3, 8, 8)
+    x_req = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(teacher(x_req).gather(1, y[:, None]).sum(), [x_req])
+    expected = teacher(x).clone()
+    for i in range(3):
+        expected[i, y[i]] += 2.0 * (g[i] * step[i]).sum()
+    assert torch.allclose(target(x + step), expected, atol=1e-6)
+    x_adv = (x + step).requires_grad_(True)  # the attack's gradient flows through the first-order change
+    (grad,) = torch.autograd.grad(target(x_adv)[torch.arange(3), y].sum(), [x_adv])
+    assert torch.allclose(grad, 2.0 * g, atol=1e-6)
+
+
+def test_saad_runs_the_released_passes_and_attacks_in_eval():
+    seen, out = recorded("SAAD")
+    # T(x) for the loss, then T(x) with an input gradient for the attack's target (as saad.py), the
+    # attack, T(x'), T(x - d), S(x'), S(x - d), S(x).
+    assert seen == [("T", "x"), ("T", "x")] + [("student", "eval", "other")] * K + [
+        ("T", "other"), ("T", "other"), ("student", "train", "other"), ("student", "train", "other"),
+        ("student", "train", "x")]
+    assert out.s_minus is not None and out.t_minus is not None
+
+
+# -- the student's weight average (--swa_start) ---------------------------------------------------------
+
+def test_the_weight_average_is_the_mean_of_the_students_and_gets_its_own_batchnorm_statistics():
+    from data import Split
+    from training.swa import StudentAverage
+    torch.manual_seed(0)
+    student = TinyNet()
+    generator = torch.Generator().manual_seed(2)
+    split = Split(torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8, generator=generator),
+                  torch.randint(0, 3, (12,), generator=generator))
+    average = StudentAverage(student, start=1, generator=torch.Generator().manual_seed(3))
+    assert not average.active(1) and average.active(2)
+    snapshots = []
+    for _ in range(3):
+        with torch.no_grad():
+            for p in student.parameters():
+                p.add_(torch.randn_like(p))
+        snapshots.append({k: v.clone() for k, v in student.named_parameters()})
+        average.update(student, split, batch_size=4)
+    assert average.averaged == 3
+    for name, value in average.model.module.named_parameters():
+        assert torch.allclose(value, sum(s[name] for s in snapshots) / 3, atol=1e-6), name
+    bn = average.model.module.bn
+    assert not torch.equal(bn.running_mean, student.bn.running_mean) and bn.num_batches_tracked == 3
+
+
+def test_swa_runs_write_the_average_beside_the_student_and_resume_exactly(tmp_path, real_data_dir, small_teacher):
+    import csv
+    common = ["--method", "SAAD", "--model", "wideresnet10_1", "--teacher_model", "wideresnet10_1", "--teacher_path",
+              small_teacher, "--data_dir", real_data_dir, "--train_subset", "64", "--test_subset", "32", "--bs", "16",
+              "--num_steps", "1", "--epochs", "3", "--swa_start", "1", "--deterministic"]
+    unbroken = run_main(*common, "--save_dir", str(tmp_path / "unbroken"))
+    assert "SWA clean" in unbroken.stdout.splitlines()[-1] and "SWA clean" not in unbroken.stdout.split("epoch 2/3")[0]
+    run_main(*common, "--save_dir", str(tmp_path / "broken"), "--stop_after", "2")
+    run_main(*common, "--save_dir", str(tmp_path / "broken"), "--resume")
+    with open(tmp_path / "unbroken" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["test_PGD10_acc_swa"] == "" and rows[1]["test_PGD10_acc_swa"] != ""
+    assert {"swa_model.pth", "best_PGD10_acc_swa_model.pth"} <= set(os.listdir(tmp_path / "unbroken"))
+    for name in ("swa_model.pth", "last.pth"):
+        a = torch.load(tmp_path / "unbroken" / name, weights_only=True)
+        b = torch.load(tmp_path / "broken" / name, weights_only=True)
+        assert all(torch.equal(a["net"][k], b["net"][k]) for k in a["net"]), name
+    swa = torch.load(tmp_path / "unbroken" / "swa_model.pth", weights_only=True)
+    build_model("wideresnet10_1", 10).load_state_dict(swa["net"])  # a plain student
+    assert swa["PGD10_acc"] == float(rows[-1]["test_PGD10_acc_swa"])
+    last = torch.load(tmp_path / "unbroken" / "last.pth", weights_only=True)
+    assert int(last["swa"]["n_averaged"]) == 2

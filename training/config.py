@@ -63,6 +63,7 @@ class Config:
     compile: bool
     sync_bn: bool
     dist_timeout: float
+    swa_start: int
     recipe: str
     recipe_source: str
     recipe_overrides: Tuple[str, ...]  # the recipe values given on the command line
@@ -168,6 +169,10 @@ def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentPars
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the networks (minutes of compilation first; opt-in)")
 
+    g.add_argument("--swa_start", type=int, default=None,
+                   help="average the student's weights (SWA) at the end of every epoch after the first swa_start, "
+                        "evaluated and saved beside it (0 = off; SAAD: 95, PeerAiD: its first milestone)")
+
     g = p.add_argument_group("many GPUs: launch with torchrun --nproc_per_node N (docs/distributed.md)")
     g.add_argument("--sync_bn", action="store_true",
                    help="BatchNorm statistics over the whole batch across processes (SyncBatchNorm; GPUs only); "
@@ -194,7 +199,7 @@ OPERATIONAL_FLAGS = frozenset({
     "dist_timeout"})
 # Defining settings added after runs were made with this code: a run without one in its record
 # had this value (its resume and its default folder are unchanged).
-ADDED_DEFAULTS = {"sync_bn": False, "teacher_st_model": None}
+ADDED_DEFAULTS = {"sync_bn": False, "teacher_st_model": None, "swa_start": 0}
 
 
 def default_save_dir(args, method_options) -> str:
@@ -219,6 +224,8 @@ def default_save_dir(args, method_options) -> str:
         parts.append(args.precision)
     if args.sync_bn:
         parts.append("syncbn")
+    if args.swa_start != get_method(args.method).swa_start(args):
+        parts.append(f"swa{args.swa_start}")
     parts.append(f"seed{args.seed}")
     # Every other defining setting, in a short hash: two runs that compute different things never
     # share a default folder.
@@ -327,6 +334,10 @@ def resolve(args: argparse.Namespace) -> Config:
     recipe = apply_recipe(args, method)
     if args.lr_max is None:
         args.lr_max = DEFAULT_LR.get(args.model, 0.1)
+    if args.swa_start is None:
+        args.swa_start = method.swa_start(args)
+    if args.swa_start < 0:
+        raise UserError(f"--swa_start must be >= 0 (0 = no weight averaging), got {args.swa_start}")
     check_numbers(args, own)
     if args.epsilon < 0 or args.step_size < 0:
         raise UserError(f"--epsilon and --step_size must be >= 0 (got {args.epsilon:g}, {args.step_size:g})")

@@ -26,7 +26,7 @@ from runtime.progress import Progress
 from .config import recipe_line
 from .finite import FiniteCheck
 from .networks import Trainee, build_trainee, require_teacher_file
-from .run_dir import RunDirectory, RunState, result_fields
+from .run_dir import SWA_BEST, SWA_LAST, RunDirectory, RunState, result_fields
 from .schedule import learning_rate
 from .signals import GracefulStop, RunInterrupted
 
@@ -61,8 +61,8 @@ def train(config, world: World, claimed: contextlib.ExitStack) -> RunState:
         method = configure(config)
         info = dataset_info(config.dataset)
         device = world.device() if world.distributed else resolve_device(config.gpu_id)
-        run = RunDirectory(config.save_dir, result_fields(method.logged_parts()), config.resume, config.overwrite,
-                           writer=world.main)
+        run = RunDirectory(config.save_dir, result_fields(method.logged_parts(), config.swa_start > 0),
+                           config.resume, config.overwrite, writer=world.main)
         check_world(config, world)
         configure_determinism(config.deterministic)
         seed_everything(config.seed)
@@ -113,7 +113,10 @@ def train(config, world: World, claimed: contextlib.ExitStack) -> RunState:
             (clean, robust, variance_gap), eval_bs = evaluate(trainee.student, test_split, eval_bs, eval_attack,
                                                               config.channels_last, f"epoch {epoch} evaluation",
                                                               world)
+            averaged, eval_bs = evaluate_average(trainee, epoch, train_split, test_split, eval_bs, eval_attack, config,
+                                                 world)
             row = results_row(epoch, lr, stats, clean, robust, variance_gap, time.perf_counter() - eval_start)
+            row.update(averaged)
             state.history.append(row)
             state.epoch = epoch
             if robust > state.best_pgd:
@@ -122,6 +125,11 @@ def train(config, world: World, claimed: contextlib.ExitStack) -> RunState:
             if clean > state.best_clean:
                 state.best_clean = clean
                 run.save_best("best_clean_acc_model.pth", trainee, row)
+            if averaged:
+                run.save_best(SWA_LAST, trainee, row, average=True)
+                if averaged["test_PGD10_acc_swa"] > state.best_pgd_swa:
+                    state.best_pgd_swa = averaged["test_PGD10_acc_swa"]
+                    run.save_best(SWA_BEST, trainee, row, average=True)
             run.write_results(state.history)
             run.save_last(trainee, state)
 
@@ -132,6 +140,19 @@ def train(config, world: World, claimed: contextlib.ExitStack) -> RunState:
                 print(f"stopped after {config.stop_after} epochs (--stop_after); continue with --resume", flush=True)
                 break
     return state
+
+
+def evaluate_average(trainee: Trainee, epoch: int, train_split: Split, test_split: Split, eval_bs: int,
+                     eval_attack: Callable, config, world: World) -> Tuple[Dict, int]:
+    """After an epoch past --swa_start: the student joins its weight average, whose BatchNorm statistics
+    are recomputed, and the average is evaluated as the student is. Its results.csv entries ({} before)."""
+    if trainee.average is None or not trainee.average.active(epoch):
+        return {}, eval_bs
+    trainee.average.update(trainee.student, train_split, config.bs, config.channels_last)
+    (clean, robust, _), eval_bs = evaluate(trainee.average.model.module, test_split, eval_bs, eval_attack,
+                                           config.channels_last, f"epoch {epoch} evaluation of the weight average",
+                                           world)
+    return {"test_clean_acc_swa": round(clean, 4), "test_PGD10_acc_swa": round(robust, 4)}, eval_bs
 
 
 def check_world(config, world: World) -> None:
@@ -180,9 +201,11 @@ def results_row(epoch: int, lr: float, stats: "EpochStats", clean: float, robust
 
 def epoch_line(row: Dict, stats: "EpochStats", epochs: int) -> str:
     skipped = f", {stats.skipped} non-finite steps skipped" if stats.skipped else ""
+    averaged = (f" SWA clean {row['test_clean_acc_swa']:.2f} PGD10 {row['test_PGD10_acc_swa']:.2f}"
+                if "test_PGD10_acc_swa" in row else "")
     return (f"epoch {row['epoch']}/{epochs} lr {row['lr']:.4g} loss {stats.loss:.4f} train_acc {stats.accuracy:.2f} "
-            f"clean {row['test_clean_acc']:.2f} PGD10 {row['test_PGD10_acc']:.2f} ({row['epoch_seconds']:.1f}s, "
-            f"{row['images_per_second']:.1f} img/s{skipped})")
+            f"clean {row['test_clean_acc']:.2f} PGD10 {row['test_PGD10_acc']:.2f}{averaged} "
+            f"({row['epoch_seconds']:.1f}s, {row['images_per_second']:.1f} img/s{skipped})")
 
 
 @dataclass

@@ -15,10 +15,12 @@ from runtime.errors import UserError
 from runtime.precision import prepare_model
 
 from .schedule import build_optimizer
+from .swa import StudentAverage
 
 # Each stream has its own seed, derived from --seed: changing how often one is drawn from (say, a
 # longer evaluation) leaves the others as they were. The data stream keeps --seed itself.
 STREAM_SEED_OFFSETS = {"data": 0, "attack": 1_000_003, "eval": 2_000_006}
+SWA_SEED_OFFSET = 3_000_009  # the BatchNorm pass of the weight average (--swa_start), when there is one
 
 
 def teacher_missing_message(teacher_model: str, teacher_path: str, dataset: str, natural: bool = False) -> str:
@@ -77,6 +79,7 @@ class Trainee:
     trained_extra: Optional[nn.Module] = None
     natural_teacher: Optional[nn.Module] = None  # AKD's and MTARD's second teacher, frozen
     method: Optional[Method] = None  # whose own state (MTARD's adaptive weights) a resume restores
+    average: Optional[StudentAverage] = None  # the student's weight average (--swa_start)
 
     def __post_init__(self):
         if self.trained_student is None:
@@ -93,6 +96,8 @@ class Trainee:
         state = {"optimizer": self.optimizer.state_dict(), "rng": capture_rng_state(self.generators)}
         if self.method is not None and self.method.state_dict():
             state["method_state"] = self.method.state_dict()
+        if self.average is not None:
+            state["swa"] = self.average.state_dict()
         return state
 
     def load(self, payload: Dict[str, Any], path: str, arch: str) -> None:
@@ -103,6 +108,8 @@ class Trainee:
         restore_rng_state(payload["rng"], self.generators)
         if self.method is not None and "method_state" in payload:
             self.method.load_state_dict(payload["method_state"])
+        if self.average is not None:
+            self.average.load_state_dict(payload["swa"])
 
 
 def build_trainee(config, method: Method, num_classes: int, device: torch.device, sync_bn: bool = False) -> Trainee:
@@ -124,5 +131,10 @@ def build_trainee(config, method: Method, num_classes: int, device: torch.device
     optimizer = build_optimizer(config, params)
     for network in (student, teacher, natural_teacher):
         prepare_model(network, config.channels_last, config.compile)
-    return Trainee(student, teacher, extra, optimizer, run_generators(device, config.seed),
-                   natural_teacher=natural_teacher, method=method)
+    generators = run_generators(device, config.seed)
+    average = None
+    if config.swa_start:
+        generators["swa"] = make_generator(device, config.seed + SWA_SEED_OFFSET)
+        average = StudentAverage(student, config.swa_start, generators["swa"])
+    return Trainee(student, teacher, extra, optimizer, generators, natural_teacher=natural_teacher, method=method,
+                   average=average)

@@ -19,7 +19,9 @@ from runtime.errors import UserError
 from .config import ADDED_DEFAULTS, OPERATIONAL_FLAGS
 from .networks import Trainee
 
-CHECKPOINT_FILES = ("last.pth", "best_PGD10_acc_model.pth", "best_clean_acc_model.pth", "results.csv")
+SWA_LAST, SWA_BEST = "swa_model.pth", "best_PGD10_acc_swa_model.pth"  # the weight average's (--swa_start)
+CHECKPOINT_FILES = ("last.pth", "best_PGD10_acc_model.pth", "best_clean_acc_model.pth", "results.csv", SWA_LAST,
+                    SWA_BEST)
 LOCK_FILE = ".lock"  # exists while a process holds the run folder; says which one
 RESULT_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "test_clean_acc", "test_PGD10_acc",
                  "test_variance_gap", "epoch_seconds", "images_per_second"]
@@ -46,9 +48,11 @@ def identity_differences(saved: Dict, record: Dict) -> List[str]:
     return found
 
 
-def result_fields(parts: Sequence[str]) -> List[str]:
-    """results.csv's columns: the fixed ones, then the method's loss parts as train_<part>."""
-    return RESULT_FIELDS + [f"train_{part}" for part in parts]
+def result_fields(parts: Sequence[str], averaged: bool = False) -> List[str]:
+    """results.csv's columns: the fixed ones, the weight average's accuracies (--swa_start; empty
+    before it starts), then the method's loss parts as train_<part>."""
+    swa = ["test_clean_acc_swa", "test_PGD10_acc_swa"] if averaged else []
+    return RESULT_FIELDS + swa + [f"train_{part}" for part in parts]
 
 
 @dataclass
@@ -56,19 +60,24 @@ class RunState:
     epoch: int = 0  # completed epochs
     best_pgd: float = -1.0
     best_clean: float = -1.0
+    best_pgd_swa: float = -1.0
     history: List[Dict] = field(default_factory=list)
 
 
-def checkpoint_payload(trainee: Trainee, row: Optional[Dict], record: Dict, resume: Optional[Dict] = None) -> Dict:
+def checkpoint_payload(trainee: Trainee, row: Optional[Dict], record: Dict, resume: Optional[Dict] = None,
+                       average: bool = False) -> Dict:
     """Every checkpoint's payload. The authors' keys {'net', 'clean_acc', 'PGD10_acc', 'epoch'} (the
     numbers of epoch `row`; None before the first epoch ends) are what the field's tools read;
-    'arch', 'num_classes' and 'config' say what the weights are. `resume` adds what last.pth needs."""
-    payload = {"net": trainee.student.state_dict(),
-               "clean_acc": row["test_clean_acc"] if row else None,
-               "PGD10_acc": row["test_PGD10_acc"] if row else None,
+    'arch', 'num_classes' and 'config' say what the weights are. `resume` adds what last.pth needs.
+    average: the student's weight average and its numbers instead (--swa_start)."""
+    suffix = "_swa" if average else ""
+    net = trainee.average.model.module if average else trainee.student
+    payload = {"net": net.state_dict(),
+               "clean_acc": row["test_clean_acc" + suffix] if row else None,
+               "PGD10_acc": row["test_PGD10_acc" + suffix] if row else None,
                "epoch": row["epoch"] if row else 0,
                "arch": record["model"], "num_classes": record["num_classes"], "config": record}
-    if trainee.extra is not None:
+    if trainee.extra is not None and not average:
         payload["extra"] = trainee.extra.state_dict()
     payload.update(resume or {})
     return payload
@@ -158,7 +167,8 @@ class RunDirectory:
                             f"arguments, or start this run in another --save_dir")
         trainee.load(payload, last, config.model)
         best = payload["best"]
-        state = RunState(payload["epoch"], best["PGD10_acc"], best["clean_acc"], list(payload["history"]))
+        state = RunState(payload["epoch"], best["PGD10_acc"], best["clean_acc"], best.get("PGD10_acc_swa", -1.0),
+                         list(payload["history"]))
         # Rows of an epoch that finished after last.pth was written are dropped: it will run again.
         self.write_results(state.history)
         cursor = payload.get("in_progress")
@@ -187,16 +197,17 @@ class RunDirectory:
         writer.writerows(rows)
         atomic_write_text(self.file("results.csv"), buffer.getvalue())
 
-    def save_best(self, name: str, trainee: Trainee, row: Dict) -> None:
+    def save_best(self, name: str, trainee: Trainee, row: Dict, average: bool = False) -> None:
         if not self.writer:
             return
-        atomic_save(checkpoint_payload(trainee, row, self.record), self.file(name))
+        atomic_save(checkpoint_payload(trainee, row, self.record, average=average), self.file(name))
 
     def save_last(self, trainee: Trainee, state: RunState, cursor: Optional[Dict] = None) -> None:
         """last.pth: all a resume needs. `cursor` marks a save in the middle of an epoch."""
         if not self.writer:
             return
-        resume = dict(trainee.resume_state(), best={"PGD10_acc": state.best_pgd, "clean_acc": state.best_clean},
+        resume = dict(trainee.resume_state(), best={"PGD10_acc": state.best_pgd, "clean_acc": state.best_clean,
+                                                    "PGD10_acc_swa": state.best_pgd_swa},
                       history=state.history, in_progress=cursor)
         row = state.history[-1] if state.history else None
         atomic_save(checkpoint_payload(trainee, row, self.record, resume), self.file("last.pth"))
