@@ -527,3 +527,25 @@ def test_swa_runs_write_the_average_beside_the_student_and_resume_exactly(tmp_pa
     assert swa["PGD10_acc"] == float(rows[-1]["test_PGD10_acc_swa"])
     last = torch.load(tmp_path / "unbroken" / "last.pth", weights_only=True)
     assert int(last["swa"]["n_averaged"]) == 2
+
+
+@pytest.mark.parametrize("method", ["AKD", "AdaIAD", "MTARD", "IGDM", "PeerAiD", "SAAD"])
+def test_each_new_method_trains_one_epoch_through_main_tiny(method, tmp_path, real_data_dir, capsys):
+    import json
+    import runpy
+    teacher = tmp_path / "teacher.pth"
+    torch.manual_seed(0)
+    torch.save({"net": build_model("wideresnet10_1", 200).state_dict()}, teacher)
+    flags = ["--method", method, "--model", "wideresnet10_1", "--data_dir", real_data_dir, "--epochs", "1", "--bs",
+             "16", "--num_steps", "1", "--train_subset", "32", "--test_subset", "16", "--save_dir", str(tmp_path / "r")]
+    if method != "PeerAiD":
+        flags += ["--teacher_model", "wideresnet10_1", "--teacher_path", str(teacher)]
+    if method in ("AKD", "MTARD"):
+        flags += ["--teacher_st_model", "wideresnet10_1", "--teacher_st_path", str(teacher)]
+    entry = runpy.run_path(os.path.join(REPO, "main_tiny.py"))
+    assert entry["main"](entry["DEFAULTS"], "test", flags) == 0, capsys.readouterr().err
+    config = json.load(open(tmp_path / "r" / "config.json"))
+    assert config["dataset"] == "Tiny_Image" and config["method"] == method
+    if method == "PeerAiD":  # its Tiny ImageNet script's weights
+        assert (config["peer_T"], config["peer_lamb2"], config["peer_lamb3"], config["peer_gamma2"]) == (1.0, 35.0,
+                                                                                                       20.0, 100.0)
