@@ -285,11 +285,13 @@ def run_main(*args):
     return result
 
 
-@pytest.mark.parametrize("method", ["MTARD", "AKD", "PeerAiD"])
+@pytest.mark.parametrize("method", ["MTARD", "AKD", "PeerAiD", "AdaIAD", "IGDM"])
 def test_two_teacher_and_online_peer_runs_resume_exactly(method, tmp_path, real_data_dir, small_teacher):
-    teachers = [] if method == "PeerAiD" else [
-        "--teacher_model", "wideresnet10_1", "--teacher_path", small_teacher, "--teacher_st_model", "wideresnet10_1",
-        "--teacher_st_path", small_teacher]
+    teachers = [] if method == "PeerAiD" else ["--teacher_model", "wideresnet10_1", "--teacher_path", small_teacher]
+    if method in ("MTARD", "AKD"):
+        teachers += ["--teacher_st_model", "wideresnet10_1", "--teacher_st_path", small_teacher]
+    if method == "AdaIAD":
+        teachers += ["--IAD_begin", "1"]  # the introspection term from epoch 2, after the resume
     common = ["--method", method, "--model", "wideresnet10_1", *teachers,
               "--data_dir", real_data_dir, "--train_subset", "64", "--test_subset", "32", "--bs", "16",
               "--num_steps", "1", "--epochs", "2", "--deterministic"]
@@ -302,6 +304,7 @@ def test_two_teacher_and_online_peer_runs_resume_exactly(method, tmp_path, real_
     assert all(torch.equal(a["net"][k], b["net"][k]) for k in a["net"])
     if method == "PeerAiD":  # the peer's weights (and its momentum, in the one optimiser) resume too
         assert all(torch.equal(a["extra"][k], b["extra"][k]) for k in a["extra"])
+    if method not in ("MTARD", "AKD"):
         return
     assert a["config"]["teacher_st_sha256"] == b["config"]["teacher_st_sha256"] is not None
     if method == "MTARD":
@@ -549,3 +552,12 @@ def test_each_new_method_trains_one_epoch_through_main_tiny(method, tmp_path, re
     if method == "PeerAiD":  # its Tiny ImageNet script's weights
         assert (config["peer_T"], config["peer_lamb2"], config["peer_lamb3"], config["peer_gamma2"]) == (1.0, 35.0,
                                                                                                        20.0, 100.0)
+
+
+def test_the_reported_checkpoint_of_an_averaging_method_is_its_average_unless_it_had_none():
+    from reporting.runs import reported_checkpoint
+    assert reported_checkpoint("SAAD") == "swa_model.pth" and reported_checkpoint("SAAD", 95) == "swa_model.pth"
+    assert reported_checkpoint("PeerAiD", 214) == "best_PGD10_acc_swa_model.pth"
+    assert reported_checkpoint("PeerAiD", 0) == "best_PGD10_acc_model.pth"
+    assert reported_checkpoint("MTARD") == "best_PGD10_acc_model.pth" and reported_checkpoint("Natural", 5) == \
+        "best_clean_acc_model.pth"
