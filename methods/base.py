@@ -264,7 +264,7 @@ def training_step(method: Method, student: nn.Module, teacher: Optional[nn.Modul
     `trained_student` (the student under DistributedDataParallel), and the loss on the outputs of
     the whole batch gathered from every process."""
     autocast = autocast or contextlib.nullcontext
-    trained_student = trained_student or student
+    trained_student = student if trained_student is None else trained_student
     out = StepOutputs(y=y, epoch=epoch, extra=extra)
     sequence, features = method.passes(epoch), method.with_features
     x_adv = x

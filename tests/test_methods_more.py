@@ -273,6 +273,10 @@ def test_attacks_of_the_new_methods():
     for name in ("AdaIAD", "IGDM"):
         assert (specs[name].inner_loss, specs[name].init, specs[name].train_mode, specs[name].target) == \
             (kl_sum, "gauss", False, "teacher")
+    peer, saad = configure(config("PeerAiD")).attack, configure(config("SAAD", "--saad_lambda", "0.5")).attack
+    assert (peer.inner_loss, peer.init, peer.train_mode, peer.target) == (kl_sum, "gauss", False, "peer_clean")
+    assert (saad.inner_loss, saad.init, saad.train_mode, saad.target, saad.taylor) == (kl_sum, "gauss", False,
+                                                                                        "teacher_taylor", 0.5)
 
 
 # -- two teachers and MTARD's state across a resume, through main.py -----------------------------------
