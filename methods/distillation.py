@@ -96,8 +96,13 @@ class IAD(Method):
     def forward_sequence(self, epoch):
         return self.forwards + ("s_clean",) if introspection_on(epoch, self.begin) else self.forwards
 
+    @staticmethod
+    def distillation_target(out):
+        """The teacher's logits the student's adversarial prediction distils: T(x), as ARD's."""
+        return out.t_clean
+
     def loss(self, out):
-        return iad_terms(out.s_clean, out.s_adv, out.t_clean, out.t_adv, out.y, alpha=self.alpha,
+        return iad_terms(out.s_clean, out.s_adv, self.distillation_target(out), out.t_adv, out.y, alpha=self.alpha,
                          temperature=self.temperature, beta=self.beta,
                          introspect=introspection_on(out.epoch, self.begin))
 
@@ -156,13 +161,12 @@ class AdaAD(Method):
                            reduction=self.reduction)
 
 
-class AdaIAD(Method):
+class AdaIAD(IAD):
     name = "AdaIAD"
     summary = ("AdaAD's attack; alpha tau^2 KL(T(x') || S(x')) + (1 - alpha) CE(S(x), y), plus after --IAD_begin "
                "epochs IAD's introspection KL(S(x) || S(x')) weighted by 1 - P_T(y | x')^beta")
     paper = ("AdaAD with IAD's introspection (Huang et al., CVPR 2023: the AdaAD_with_IAD1 method of its released "
              "code)")
-    needs_teacher = True
     attack = AdaAD.attack
     # main.py's AdaAD_with_IAD1: S(x), S(x'), T(x'), then after the warm-up S(x) as the introspection
     # target, and S(x) for the (1 - alpha) CE term, computed even at alpha = 1.
@@ -170,21 +174,10 @@ class AdaIAD(Method):
     options = {"temp": Option(30.0, type=float, low=0, low_open=True, help=TEMPERATURE_HELP),
                "ARD_alpha": IAD.options["ARD_alpha"], "IAD_begin": IAD.options["IAD_begin"],
                "IAD_beta": IAD.options["IAD_beta"], **IGDM_OPTIONS}
-    plugins = (IGDMTerm,)
-    parts = ("ard", "introspection")
     # Its main.py defaults to epsilon 16 and step 4, as for AdaAD; the paper's CIFAR runs use 8 and 2.
     recipe = released("boyellow/AdaAD main.py (AdaAD_with_IAD1)", 200, (100, 150), 5e-4)
 
-    def __init__(self, config):
-        super().__init__(config)
-        o = config.options
-        self.alpha, self.temperature, self.beta, self.begin = o["ARD_alpha"], o["temp"], o["IAD_beta"], o["IAD_begin"]
-
-    def forward_sequence(self, epoch):
-        return self.forwards + ("s_clean",) if introspection_on(epoch, self.begin) else self.forwards
-
-    def loss(self, out):
-        # IAD's loss with the teacher's adversarial prediction as the distillation target.
-        return iad_terms(out.s_clean, out.s_adv, out.t_adv, out.t_adv, out.y, alpha=self.alpha,
-                         temperature=self.temperature, beta=self.beta,
-                         introspect=introspection_on(out.epoch, self.begin))
+    @staticmethod
+    def distillation_target(out):
+        """IAD's loss with the teacher's adversarial prediction T(x') as the distillation target."""
+        return out.t_adv
