@@ -129,12 +129,12 @@ def build_trainee(config, method: Method, num_classes: int, device: torch.device
     if extra is not None:
         params += list(extra.to(device).parameters())
     optimizer = build_optimizer(config, params)
-    for network in (student, teacher, natural_teacher):
-        prepare_model(network, config.channels_last, config.compile)
     generators = run_generators(device, config.seed)
     average = None
-    if config.swa_start:
+    if config.swa_start:  # a copy of the plain student, before it is converted or compiled in place
         generators["swa"] = make_generator(device, config.seed + SWA_SEED_OFFSET)
         average = StudentAverage(student, config.swa_start, generators["swa"])
+    for network in (student, teacher, natural_teacher, extra):  # extra: e.g. PeerAiD's peer, a network too
+        prepare_model(network, config.channels_last, config.compile)
     return Trainee(student, teacher, extra, optimizer, generators, natural_teacher=natural_teacher, method=method,
                    average=average)
