@@ -210,6 +210,7 @@ def taylor_target(teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, taylor: 
     def target(x_adv: torch.Tensor) -> torch.Tensor:
         change = (slope * (x_adv - x.detach())).flatten(1).sum(1)
         return base + taylor * change[:, None] * true_class
+    target.clean_logits = base  # T(x) itself: the step's T(x) pass, computed once
     return target
 
 
@@ -270,16 +271,18 @@ def training_step(method: Method, student: nn.Module, teacher: Optional[nn.Modul
     x_adv = x
     if method.attack is not None:
         spec = method.attack
-        if "t_clean" in sequence or spec.target == "teacher_clean":
+        needs_t_clean = "t_clean" in sequence or spec.target == "teacher_clean"
+        if needs_t_clean and spec.target != "teacher_taylor":
             with torch.no_grad(), autocast():
                 out.t_clean = forward(teacher, x, "t_clean", out, features)
+        target = attack_target(spec, student, teacher, x, out.t_clean, autocast,
+                               peer=getattr(extra, "module", extra), y=y)  # the peer itself, not its DDP
+        if needs_t_clean and spec.target == "teacher_taylor":
+            out.t_clean = target.clean_logits  # the target's input-gradient pass on x is the step's T(x)
         budget = method.budget
         x_adv = pgd(student, x, y, eps=budget.eps, step_size=budget.step_size, steps=budget.steps,
                     loss_fn=spec.inner_loss, init=spec.init, train_mode=spec.train_mode, generator=generator,
-                    target=attack_target(spec, student, teacher, x, out.t_clean, autocast,
-                                         peer=getattr(extra, "module", extra), y=y),  # the peer itself, not its DDP
-                    autocast=autocast,
-                    batch_rows=rows if world.distributed else None)
+                    target=target, autocast=autocast, batch_rows=rows if world.distributed else None)
     x_minus = x - (x_adv - x) if "s_minus" in sequence or "t_minus" in sequence else None  # not clamped
     inputs = {"s_clean": (trained_student, x), "s_adv": (trained_student, x_adv), "t_clean": (teacher, x),
               "t_adv": (teacher, x_adv), "n_clean": (natural_teacher, x), "n_adv": (natural_teacher, x_adv),

@@ -10,8 +10,15 @@ from losses import igdm_term
 from .base import Option, StepOutputs
 
 
-# The methods whose released code adds the term by default, and its weight there.
-IGDM_DEFAULT_ALPHA = {"IGDM": lambda dataset: 1.0, "SAAD": lambda dataset: 1.0 if dataset == "CIFAR10" else 10.0}
+def default_igdm_alpha(args) -> float:
+    """The term's weight where the released code adds it by default (IGDM; SAAD, whose code comment
+    gives 10 off CIFAR-10), else 0: off."""
+    if args.method == "IGDM":
+        return 1.0
+    if args.method == "SAAD":
+        return 1.0 if args.dataset == "CIFAR10" else 10.0
+    return 0.0
+
 
 
 class IGDMTerm:
@@ -21,8 +28,7 @@ class IGDMTerm:
     passes = ("s_adv", "t_adv", "s_minus", "t_minus")
     parts = ("igdm",)
     options = {
-        "igdm_alpha": Option(lambda args: IGDM_DEFAULT_ALPHA.get(args.method, lambda dataset: 0.0)(args.dataset),
-                             type=float, low=0,
+        "igdm_alpha": Option(default_igdm_alpha, type=float, low=0,
                              help="IGDM plug-in: weight alpha of the input-gradient matching term, reached at "
                                   "epoch --igdm_horizon and growing linearly to it (0 = off; IGDM: 1; SAAD, in its "
                                   "per-sample weighted loss, over all --epochs: 1 on CIFAR-10, 10 elsewhere)"),

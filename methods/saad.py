@@ -18,7 +18,8 @@ class SAAD(Method):
     needs_teacher = True
     # The options' values are bound per run in __init__ (the Taylor coefficient is one of them).
     attack = AttackSpec(inner_loss=kl_sum, init="gauss", train_mode=False, target="teacher_taylor")
-    # saad.py: T(x) (before the attack), the attack, T(x'), T(x - d), then S(x'), S(x - d), S(x) in train().
+    # saad.py: T(x) (before the attack; here the attack target's own T(x) pass), the attack, T(x'),
+    # T(x - d), then S(x'), S(x - d), S(x) in train().
     forwards = ("t_clean", "t_adv", "t_minus", "s_adv", "s_minus", "s_clean")
     options = {
         "saad_scale": Option(5.0, type=float, low=0, help="SAAD: scale of the entropy weights ('entropy_scale')"),

@@ -478,9 +478,10 @@ def test_saad_attack_target_is_the_teacher_moved_along_its_input_gradient():
 
 def test_saad_runs_the_released_passes_and_attacks_in_eval():
     seen, out = recorded("SAAD")
-    # T(x) for the loss, then T(x) with an input gradient for the attack's target (as saad.py), the
-    # attack, T(x'), T(x - d), S(x'), S(x - d), S(x).
-    assert seen == [("T", "x"), ("T", "x")] + [("student", "eval", "other")] * K + [
+    # T(x) with an input gradient for the attack's target, which is also the loss's T(x) (saad.py runs
+    # T(x) a second time, without gradient: the same values), the attack, T(x'), T(x - d), S(x'),
+    # S(x - d), S(x).
+    assert seen == [("T", "x")] + [("student", "eval", "other")] * K + [
         ("T", "other"), ("T", "other"), ("student", "train", "other"), ("student", "train", "other"),
         ("student", "train", "x")]
     assert out.s_minus is not None and out.t_minus is not None
