@@ -20,7 +20,6 @@ def default_igdm_alpha(args) -> float:
     return 0.0
 
 
-
 class IGDMTerm:
     """IGDM (Lee et al., ICLR 2025): + alpha * (epoch / horizon) * KL(softmax(T(x+d) - T(x-d)) ||
     softmax(S(x+d) - S(x-d))), d = x' - x, the student's passes in train() mode with gradient, the

@@ -94,9 +94,9 @@ def test_every_method_trains_one_epoch_through_main(method, flags, recorded, tra
     assert code == 0, capsys.readouterr().err
     row, config, best = check_run(str(tmp_path), method)
     assert {key: config[key] for key in recorded} == recorded
-    parts = list(get_method(method).parts or config["loss_parts"]) + (["L_IAD"] if config.get("dgad_iad", "off") != "off"
-                                                                       else []) \
-        + (["igdm"] if config.get("igdm_alpha") and "igdm" not in get_method(method).parts else [])
+    parts = list(get_method(method).parts or config["loss_parts"])
+    parts += ["L_IAD"] if config.get("dgad_iad", "off") != "off" else []
+    parts += ["igdm"] if config.get("igdm_alpha") and "igdm" not in get_method(method).parts else []
     assert [key[len("train_"):] for key in row if key.startswith("train_") and key not in ("train_loss", "train_acc")] \
         == parts == config["loss_parts"]
     if method == "VarGap":

@@ -74,9 +74,9 @@ def train(config, world: World, claimed: contextlib.ExitStack) -> RunState:
         test_split = load_split(config.dataset, config.data_dir, "test", device, config.test_subset, config.download)
         check_shards(config, world, len(train_split), len(test_split))
         trainee = build_trainee(config, method, info.num_classes, device, sync_bn=config.sync_bn and world.distributed)
-        record = dict(config.record(), **method.describe(), loss_parts=list(method.logged_parts()), git_commit=git_commit(),
-                      torch_version=str(torch.__version__), device=device_name(device), num_classes=info.num_classes,
-                      train_images=len(train_split), test_images=len(test_split),
+        record = dict(config.record(), **method.describe(), loss_parts=list(method.logged_parts()),
+                      git_commit=git_commit(), torch_version=str(torch.__version__), device=device_name(device),
+                      num_classes=info.num_classes, train_images=len(train_split), test_images=len(test_split),
                       teacher_sha256=sha256_of(config.teacher_path) if method.needs_teacher else None,
                       **({"teacher_st_sha256": sha256_of(config.teacher_st_path)} if method.needs_natural_teacher
                          else {}),
