@@ -68,28 +68,33 @@ def dgad_terms(s_clean: torch.Tensor, s_adv: torch.Tensor, t_clean: torch.Tensor
     if use_els:
         t_clean = swap_clean_teacher(t_clean, y, st)
         t_adv = swap_adversarial_teacher(t_adv, y)
-    n_st = st.sum().to(s_clean.dtype)
+    # The released arithmetic (its main.py): the counts are exact floats, each mean is the sum times a
+    # reciprocal taken in double precision, 1 / (n_ST + 1e-10) for L_ST (0 when n_ST = 0) and 1 / n_AT
+    # for L_AT (where the released code divides by zero when n_AT = 0, L_AT is 0 here), and the weights
+    # n_ST / B and (B - n_ST) / B are doubles too, each rounded to the loss's dtype as a Python float is.
+    dtype = s_clean.dtype
+    n_st = st.sum(dtype=torch.float64)
     n_at = st.numel() - n_st
-    loss_st = (kl_rows(t_clean, s_clean) * st).sum() / n_st.clamp(min=1)
-    loss_at = (kl_rows(t_adv, s_adv) * ~st).sum() / n_at.clamp(min=1)
+    loss_st = (1 / (n_st + 1e-10)).to(dtype) * (kl_rows(t_clean, s_clean) * st).sum()
+    loss_at = (1 / n_at.clamp(min=1)).to(dtype) * (kl_rows(t_adv, s_adv) * ~st).sum()
     self_st, self_at = s_clean.new_zeros(()), s_clean.new_zeros(())
     if introspection != "off":
         distrust_clean = 1 - F.softmax(t_clean, dim=1).gather(1, y[:, None]).squeeze(1).pow(iad_beta)
         distrust_adv = 1 - F.softmax(t_adv, dim=1).gather(1, y[:, None]).squeeze(1).pow(iad_beta)
         if introspection == "authors":
-            self_st = (st * distrust_clean * kl_rows(s_clean, s_clean)).sum() / (n_st + 1e-10)
-            self_at = (~st * distrust_adv * kl_rows(s_adv, s_adv)).sum() / n_at.clamp(min=1)
+            self_st = (1 / (n_st + 1e-10)).to(dtype) * (st * distrust_clean * kl_rows(s_clean, s_clean)).sum()
+            self_at = (1 / n_at.clamp(min=1)).to(dtype) * (~st * distrust_adv * kl_rows(s_adv, s_adv)).sum()
         else:
-            self_at = (~st * distrust_adv * kl_rows(s_clean, s_adv)).sum() / n_at.clamp(min=1)
-    w_st = n_st / batch_size
-    w_at = (batch_size - n_st) / batch_size
+            self_at = (1 / n_at.clamp(min=1)).to(dtype) * (~st * distrust_adv * kl_rows(s_clean, s_adv)).sum()
+    w_st = (n_st / batch_size).to(dtype)
+    w_at = ((batch_size - n_st) / batch_size).to(dtype)
     if formula == "authors":
         loss = 0.5 * (w_st * (loss_st + self_st) + w_at) * (loss_at + self_at)
     else:
         loss = w_st * (loss_st + self_st) + w_at * (loss_at + self_at)
     loss_pcr = predictive_consistency(s_clean, s_adv) if use_pcr else s_clean.new_zeros(())
     terms = {"loss": loss + beta * loss_pcr if use_pcr else loss, "L_ST": loss_st, "L_AT": loss_at,
-             "L_PCR": loss_pcr, "st_fraction": n_st / st.numel()}
+             "L_PCR": loss_pcr, "st_fraction": (n_st / st.numel()).to(dtype)}
     if introspection != "off":
         terms["L_IAD"] = self_st + self_at
     return terms

@@ -152,6 +152,12 @@ class Method:
         return 0
 
     @classmethod
+    def options_problem(cls, options: Dict[str, Any]) -> Optional[str]:
+        """Why this run's option values cannot go together (each is within its own range already), as
+        the one-line error; None when they can."""
+        return None
+
+    @classmethod
     def natural_teacher_model(cls, args) -> Optional[str]:
         """The second teacher's architecture when --teacher_st_model is not given."""
         return None

@@ -38,7 +38,18 @@ class AKD(Method):
 
     @classmethod
     def natural_teacher_model(cls, args):
-        return "wideresnet34_10"  # AKD2.py builds WideResNet() with its constructor's defaults
+        # AKD2.py builds WideResNet(num_classes=...) with the other arguments left to a models/wideresnet.py
+        # its repository does not hold; the ARD code IAD's models/ package mirrors defaults to depth 34,
+        # widen factor 10. (Its pre_train/ST.py, which trains the natural teacher, defaults to ResNet-18.)
+        return "wideresnet34_10"
+
+    @classmethod
+    def options_problem(cls, options):
+        a1, a2 = options["AKD_a1"], options["AKD_a2"]
+        if a1 + a2 > 1 + 1e-12:
+            return (f"--AKD_a1 {a1:g} + --AKD_a2 {a2:g} = {a1 + a2:g} is above 1: the cross-entropy weight "
+                    f"1 - a1 - a2 would be negative; keep a1 + a2 <= 1")
+        return None
 
     def __init__(self, config):
         super().__init__(config)

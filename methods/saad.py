@@ -1,13 +1,15 @@
 """SAAD as its released saad.py trains it (docs/methods.md section 3.14): per-sample weights from the
 teacher's entropy on the adversarial example (which the loss's target needs anyway: no extra
 forward), an attack against a first-order estimate of the teacher at x', IGDM's term inside the
-weighted sum, and SWA of the student from epoch 95."""
+weighted sum, and SWA of the student from epoch 95 (counting from 1) on."""
 from attacks import kl_sum
 from losses import saad_terms
 
 from .base import AttackSpec, Method, Option
 from .plugins import IGDM_OPTIONS
 from .recipes import released
+
+SWA_EPOCH = 95  # saad.py's --swa_epoch: the first epoch (from 1) whose weights join the average
 
 
 class SAAD(Method):
@@ -34,7 +36,11 @@ class SAAD(Method):
 
     @classmethod
     def swa_start(cls, args) -> int:
-        return 95  # its --swa_epoch
+        """saad.py averages at the end of every epoch from its --swa_epoch 95 on, counting from 1: after
+        the first 94. A run of another length starts at the same fraction of it, as its milestones do
+        (rounded up), and averages at least its last epoch."""
+        first_averaged = -(-SWA_EPOCH * args.epochs // cls.recipe.epochs)
+        return max(first_averaged - 1, 1)
 
     def __init__(self, config):
         super().__init__(config)

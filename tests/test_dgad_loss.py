@@ -32,7 +32,7 @@ def reference(beta, B, use_map=True, use_els=True, use_pcr=True, formula="fixed"
     at = [i for i in range(3) if i not in st]
     tc = T_CLEAN_SWAPPED if use_els else T_CLEAN
     ta = T_ADV_SWAPPED if use_els else T_ADV
-    l_st = sum(kl(tc[i], S_CLEAN[i]) for i in st) / len(st) if st else 0.0
+    l_st = (1 / (len(st) + 1e-10)) * sum(kl(tc[i], S_CLEAN[i]) for i in st)  # the released 1 / (n_ST + 1e-10)
     l_at = sum(kl(ta[i], S_ADV[i]) for i in at) / len(at)
     n_st = len(st)
     if formula == "authors":
@@ -77,7 +77,7 @@ def test_pcr_is_mean_squared_probability_gap():
 def test_full_loss_matches_hand_computation():
     assert loss() == pytest.approx(reference(5.0, 3), rel=1e-12)
     # A literal pin of the same number, so that a change of the reference is noticed too.
-    assert loss() == pytest.approx(0.80739045195706, abs=1e-12)
+    assert loss() == pytest.approx(0.80739045195095, abs=1e-12)
 
 
 @pytest.mark.parametrize("switch", [dict(use_map=False), dict(use_els=False), dict(use_pcr=False)])
@@ -120,7 +120,7 @@ def test_named_parts_by_hand():
     """The parts results.csv logs: the unweighted terms, and the fraction of the batch MAP puts in ST."""
     terms = dgad_terms(t(S_CLEAN), t(S_ADV), t(T_CLEAN), t(T_ADV), Y, beta=5.0, batch_size=3)
     pcr = sum((a - c) ** 2 for i in range(3) for a, c in zip(softmax(S_ADV[i]), softmax(S_CLEAN[i]))) / 9
-    assert terms["L_ST"].item() == pytest.approx(kl(T_CLEAN_SWAPPED[1], S_CLEAN[1]), rel=1e-12)
+    assert terms["L_ST"].item() == pytest.approx(kl(T_CLEAN_SWAPPED[1], S_CLEAN[1]) / (1 + 1e-10), rel=1e-15)
     assert terms["L_AT"].item() == pytest.approx((kl(T_ADV_SWAPPED[0], S_ADV[0]) + kl(T_ADV_SWAPPED[2], S_ADV[2])) / 2,
                                                  rel=1e-12)
     assert terms["L_PCR"].item() == pytest.approx(pcr, rel=1e-12)

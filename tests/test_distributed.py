@@ -186,6 +186,20 @@ def test_a_setup_error_stops_every_process_with_one_line(tmp_path):
 
 
 @pytest.mark.slow  # processes
+@pytest.mark.parametrize("flags, line", [
+    (("--epochs", "six"), "error: argument --epochs: invalid int value: 'six' (main.py --help lists the flags)"),
+    (("--epochs", "0"), "error: --epochs must be >= 1, got 0"),
+])
+def test_a_bad_flag_under_torchrun_is_the_first_line_once_and_torchruns_report_names_it(flags, line):
+    # torchrun always ends a failed job with its ChildFailedError traceback; the line comes first, and
+    # its report's "traceback :" field (from the process's error file) repeats it.
+    code, _, err = finished(torchrun("main.py", *flags), timeout=120)
+    assert code != 0 and err.splitlines()[0] == line, err
+    assert [text for text in err.splitlines() if text.startswith("error:")] == [line], err
+    assert f"traceback : {line}" in err, err
+
+
+@pytest.mark.slow  # processes
 def test_sync_bn_on_the_cpu_is_a_one_line_error(tmp_path):
     from helpers import run_script
     result = run_script("main.py", "--method", "PGDAT", "--sync_bn", "--save_dir", str(tmp_path / "r"),

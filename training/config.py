@@ -13,10 +13,11 @@ from data import DEFAULT_DATA_DIR
 from methods import all_options, get_method, method_names
 from methods.recipes import COMMON, RECIPE_NAMES, Recipe
 from models import is_known_model, model_names
-from runtime.errors import UserError, require_255_units, warn
+from runtime.errors import OneLineParser, UserError, require_255_units, warn
 from runtime.help import HelpFormatter
 from runtime.precision import PRECISIONS
 
+from .networks import STREAM_SEED_OFFSETS, SWA_SEED_OFFSET
 from .schedule import SCHEDULES
 
 DEFAULT_LR = {"mobilenetV2": 0.05}  # everything else: 0.1
@@ -37,7 +38,7 @@ class Config:
     save_dir: str
     resume: bool
     overwrite: bool
-    stop_after: int
+    stop_after: Optional[int]  # None: run to --epochs
     train_subset: int
     test_subset: int
     seed: int
@@ -87,7 +88,7 @@ def readers_and_defaults(name: str, users) -> str:
 
 def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentParser:
     # No prefix abbreviations: --eps must not silently mean --epsilon.
-    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, allow_abbrev=False)
+    p = OneLineParser(description=description, formatter_class=HelpFormatter, allow_abbrev=False)
     g = p.add_argument_group("run")
     g.add_argument("--dataset", default=prog_defaults["dataset"], choices=prog_defaults["datasets"],
                    help="the dataset to train on (read from --data_dir)")
@@ -110,14 +111,14 @@ def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentPars
                    help="where the run's files go (default checkpoints/<dataset>/<method>/<name from the flags>)")
     g.add_argument("--resume", action="store_true", help="continue from last.pth in --save_dir")
     g.add_argument("--overwrite", action="store_true", help="replace a run already in --save_dir")
-    g.add_argument("--stop_after", type=int, default=0,
-                   help="stop cleanly after this many epochs of this invocation (fits a scheduler's time slot; "
-                        "continue with --resume); 0 = run to --epochs")
+    g.add_argument("--stop_after", type=int, default=None,
+                   help="stop cleanly after this many epochs (>= 1) of this invocation (fits a scheduler's time "
+                        "slot; continue with --resume); default: run to --epochs")
     g.add_argument("--train_subset", type=int, default=0, help="use the first N training images (0 = all)")
     g.add_argument("--test_subset", type=int, default=0, help="use the first N test images (0 = all)")
     g.add_argument("--seed", type=int, default=42,
-                   help="seeds the models' initialisation and the run's own random streams (data order and "
-                        "augmentation, attack starts, evaluation PGD starts)")
+                   help=f"seeds the models' initialisation and the run's own random streams (data order and "
+                        f"augmentation, attack starts, evaluation PGD starts); 0..{SEED_MAX}")
     g.add_argument("--gpu_id", type=int, default=0, help="use cuda:<id>; the CPU when CUDA is unavailable")
     g.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms: a resumed run matches an unbroken one bitwise (slower on CUDA)")
@@ -171,7 +172,8 @@ def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentPars
 
     g.add_argument("--swa_start", type=int, default=None,
                    help="average the student's weights (SWA) at the end of every epoch after the first swa_start, "
-                        "evaluated and saved beside it (0 = off; SAAD: 95, PeerAiD: its first milestone)")
+                        "evaluated and saved beside it; below --epochs (0 = off; SAAD: 94 of 200 epochs, PeerAiD: "
+                        "its first milestone, both scaled with --epochs and kept below it)")
 
     g = p.add_argument_group("many GPUs: launch with torchrun --nproc_per_node N (docs/distributed.md)")
     g.add_argument("--sync_bn", action="store_true",
@@ -200,6 +202,16 @@ OPERATIONAL_FLAGS = frozenset({
 # Defining settings added after runs were made with this code: a run without one in its record
 # had this value (its resume and its default folder are unchanged).
 ADDED_DEFAULTS = {"sync_bn": False, "teacher_st_model": None, "swa_start": 0}
+# torch generators take seeds in 0..2**64-1, and each of the run's streams is seeded with --seed plus
+# its own offset; a negative seed would wrap around onto a positive one (two flags, one run).
+SEED_MAX = 2**64 - 1 - max(max(STREAM_SEED_OFFSETS.values()), SWA_SEED_OFFSET)
+
+
+def default_swa_start(method, args) -> int:
+    """--swa_start when not given: the method's (0: no average), kept below --epochs so that the
+    average it reports exists (0 for a 1-epoch run, which `resolve` refuses for such a method)."""
+    start = method.swa_start(args)
+    return min(start, args.epochs - 1) if start else 0
 
 
 def default_save_dir(args, method_options) -> str:
@@ -224,7 +236,7 @@ def default_save_dir(args, method_options) -> str:
         parts.append(args.precision)
     if args.sync_bn:
         parts.append("syncbn")
-    if args.swa_start != get_method(args.method).swa_start(args):
+    if args.swa_start != default_swa_start(get_method(args.method), args):
         parts.append(f"swa{args.swa_start}")
     parts.append(f"seed{args.seed}")
     # Every other defining setting, in a short hash: two runs that compute different things never
@@ -261,6 +273,9 @@ def apply_recipe(args: argparse.Namespace, method) -> Recipe:
         args.milestones = tuple(-(-m * args.epochs // recipe.epochs) for m in recipe.milestones)
     else:
         args.milestones = number_list("milestones", args.milestones, int)
+        if any(m < 1 for m in args.milestones) or any(a >= b for a, b in zip(args.milestones, args.milestones[1:])):
+            raise UserError(f"--milestones {','.join(map(str, args.milestones))} must be increasing epoch counts "
+                            f">= 1 (e.g. 100,150), each given once: a decay applies after that many epochs")
     decay = number_list("lr_decay", args.lr_decay, float) if args.lr_decay is not None else (recipe.lr_decay,)
     if len(decay) == 1:
         decay = decay * len(args.milestones)
@@ -276,8 +291,9 @@ def apply_recipe(args: argparse.Namespace, method) -> Recipe:
     return recipe
 
 
-def check_numbers(args: argparse.Namespace, options) -> None:
-    """Every numeric setting finite and in its range, before any work starts."""
+def check_numbers(args: argparse.Namespace, options, method) -> None:
+    """Every numeric setting finite and in its range, and the method's options consistent, before any
+    work starts."""
     floats = ["epsilon", "step_size", "eval_epsilon", "eval_step_size", "lr_max", "momentum", "weight_decay"]
     floats += [name for name in options if isinstance(getattr(args, name), float)]
     for flag in floats:
@@ -295,8 +311,38 @@ def check_numbers(args: argparse.Namespace, options) -> None:
         problem = None if option.flag or option.choices else option.range_error(getattr(args, name))
         if problem:
             raise UserError(f"--{name} {problem}, got {getattr(args, name):g}")
+    if not 0 <= args.seed <= SEED_MAX:
+        raise UserError(f"--seed must be an integer in 0..{SEED_MAX} (the run's random streams seed torch "
+                        f"generators with --seed plus an offset, and torch takes 0..2**64-1), got {args.seed}")
+    problem = method.options_problem({name: getattr(args, name) for name in options})
+    if problem:
+        raise UserError(problem)
     if args.resume and args.overwrite:
         raise UserError("--resume continues the run in --save_dir and --overwrite replaces it: pass one of them")
+
+
+def resolve_swa_start(args: argparse.Namespace, method) -> None:
+    """--swa_start, given or the method's default, leaves at least one epoch to average: a method that
+    reports its weight average (SAAD, PeerAiD) must have one to report."""
+    if args.swa_start is None:
+        args.swa_start = default_swa_start(method, args)
+        if method.swa_start(args) and not args.swa_start:
+            raise UserError(f"--method {args.method} reports the weight average of the epochs after --swa_start, "
+                            f"and a {args.epochs}-epoch run has none: pass --epochs 2 or more, or --swa_start 0 to "
+                            f"report the plain student")
+    if args.swa_start < 0:
+        raise UserError(f"--swa_start must be >= 0 (0 = no weight averaging), got {args.swa_start}")
+    if args.swa_start >= args.epochs:
+        raise UserError(f"--swa_start {args.swa_start} leaves no epoch to average in a {args.epochs}-epoch run (the "
+                        f"average takes the epochs after it): pass --swa_start {args.epochs - 1} or less, or 0 for "
+                        f"no weight averaging")
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file (the same inode when both exist, else the same absolute path)."""
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.abspath(a) == os.path.abspath(b)
 
 
 def recipe_line(config: Config) -> str:
@@ -334,11 +380,7 @@ def resolve(args: argparse.Namespace) -> Config:
     recipe = apply_recipe(args, method)
     if args.lr_max is None:
         args.lr_max = DEFAULT_LR.get(args.model, 0.1)
-    if args.swa_start is None:
-        args.swa_start = method.swa_start(args)
-    if args.swa_start < 0:
-        raise UserError(f"--swa_start must be >= 0 (0 = no weight averaging), got {args.swa_start}")
-    check_numbers(args, own)
+    check_numbers(args, own, method)
     if args.epsilon < 0 or args.step_size < 0:
         raise UserError(f"--epsilon and --step_size must be >= 0 (got {args.epsilon:g}, {args.step_size:g})")
     for flag in ("epsilon", "step_size", "eval_epsilon", "eval_step_size"):
@@ -351,11 +393,18 @@ def resolve(args: argparse.Namespace) -> Config:
     for flag in ("bs", "epochs", "eval_bs"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if "milestones" in args.recipe_overrides and args.lr_schedule == "piecewise" and args.milestones \
+            and args.milestones[-1] >= args.epochs:
+        warn(f"--milestones {','.join(map(str, args.milestones))} reaches --epochs {args.epochs}: a decay after "
+             f"the last epoch never takes effect")
+    resolve_swa_start(args, method)
     if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
         raise UserError(f"--dist_timeout must be a positive number of minutes, got {args.dist_timeout:g}")
-    for flag in ("train_subset", "test_subset", "stop_after"):
+    for flag in ("train_subset", "test_subset"):
         if getattr(args, flag) < 0:
             raise UserError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
+    if args.stop_after is not None and args.stop_after < 1:
+        raise UserError(f"--stop_after must be >= 1 epochs, got {args.stop_after}; leave it out to run to --epochs")
     if method.needs_teacher and args.teacher_path is None:
         args.teacher_path = os.path.join("checkpoints", "teachers", args.dataset, f"{args.teacher_model}.pth")
     if not method.needs_teacher:
@@ -363,6 +412,10 @@ def resolve(args: argparse.Namespace) -> Config:
     if method.needs_natural_teacher and args.teacher_st_path is None:
         args.teacher_st_path = os.path.join("checkpoints", "teachers", args.dataset,
                                             f"{args.teacher_st_model}_natural.pth")
+    if method.needs_natural_teacher and same_file(args.teacher_path, args.teacher_st_path):
+        raise UserError(f"--teacher_path and --teacher_st_path are the same file ({args.teacher_path}): --method "
+                        f"{args.method} distils from an adversarially and a naturally trained teacher; pass the "
+                        f"natural one as --teacher_st_path")
     if not method.needs_natural_teacher:
         for flag in ("teacher_st_model", "teacher_st_path"):
             if getattr(args, flag) is not None:

@@ -8,7 +8,7 @@ import contextlib
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -119,17 +119,8 @@ def train(config, world: World, claimed: contextlib.ExitStack) -> RunState:
             row.update(averaged)
             state.history.append(row)
             state.epoch = epoch
-            if robust > state.best_pgd:
-                state.best_pgd = robust
-                run.save_best("best_PGD10_acc_model.pth", trainee, row)
-            if clean > state.best_clean:
-                state.best_clean = clean
-                run.save_best("best_clean_acc_model.pth", trainee, row)
-            if averaged:
-                run.save_best(SWA_LAST, trainee, row, average=True)
-                if averaged["test_PGD10_acc_swa"] > state.best_pgd_swa:
-                    state.best_pgd_swa = averaged["test_PGD10_acc_swa"]
-                    run.save_best(SWA_BEST, trainee, row, average=True)
+            for name, average in checkpoints_to_save(state, row):
+                run.save_best(name, trainee, row, average=average)
             run.write_results(state.history)
             run.save_last(trainee, state)
 
@@ -140,6 +131,25 @@ def train(config, world: World, claimed: contextlib.ExitStack) -> RunState:
                 print(f"stopped after {config.stop_after} epochs (--stop_after); continue with --resume", flush=True)
                 break
     return state
+
+
+def checkpoints_to_save(state: RunState, row: Dict) -> List[Tuple[str, bool]]:
+    """The files epoch `row` writes, each with whether it holds the weight average, and the bests in
+    `state` updated: the best-PGD-10 and best-clean students (each by its own accuracy, strictly
+    better than before), and, once the average exists, its latest and its best-PGD-10."""
+    files = []
+    if row["test_PGD10_acc"] > state.best_pgd:
+        state.best_pgd = row["test_PGD10_acc"]
+        files.append(("best_PGD10_acc_model.pth", False))
+    if row["test_clean_acc"] > state.best_clean:
+        state.best_clean = row["test_clean_acc"]
+        files.append(("best_clean_acc_model.pth", False))
+    if "test_PGD10_acc_swa" in row:
+        files.append((SWA_LAST, True))
+        if row["test_PGD10_acc_swa"] > state.best_pgd_swa:
+            state.best_pgd_swa = row["test_PGD10_acc_swa"]
+            files.append((SWA_BEST, True))
+    return files
 
 
 def evaluate_average(trainee: Trainee, epoch: int, train_split: Split, test_split: Split, eval_bs: int,
