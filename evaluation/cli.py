@@ -20,7 +20,7 @@ from models import build_model, is_known_model, model_names
 from runtime.checkpoints import atomic_write_json, build_checked, load_weights, safe_load, sha256_of
 from runtime.device import device_name, git_commit, resolve_device, seed_everything
 from runtime.distributed import launched_world_size, quiet_unless_first
-from runtime.errors import UserError, exit_on_user_error, require_255_units, warn
+from runtime.errors import OneLineParser, UserError, exit_on_user_error, warn
 from runtime.help import HelpFormatter
 from runtime.progress import Progress
 
@@ -28,14 +28,15 @@ from .accuracy import FeatureMoments, attack_accuracy
 from .autoattack import pyautoattack_version
 from .checks import Inspected, buffers_of, model_checks, ordering_warnings
 from .protocols import L2_ATTACKS, PROTOCOLS, TITLES, attack_settings, build_attack, parse_attacks
-from .report import (REPORT_FORMAT, existing_report, format_table, radius_key, refuse_to_replace_a_checkpoint,
-                     report_to_extend)
+from .report import (REPORT_FORMAT, check_radius, existing_report, format_table, radius_key,
+                     refuse_to_replace_a_checkpoint, report_to_extend)
 
 EPS_SLACK = 1e-6    # float32 rounding of x + delta
+SEED_LIMIT = 2**64  # torch.manual_seed takes 0..2**64-1 (negative seeds are refused by some torch versions)
 
 
 def build_parser(defaults: Dict, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, allow_abbrev=False)
+    p = OneLineParser(description=description, formatter_class=HelpFormatter, allow_abbrev=False)
     p.add_argument("--dataset", default=defaults["dataset"], choices=defaults["datasets"],
                    help="the dataset whose test split is evaluated (read from --data_dir)")
     p.add_argument("--model", default="resnet18", help=f"architecture: {', '.join(model_names())}")
@@ -68,20 +69,28 @@ def build_parser(defaults: Dict, description: str) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seeds the random starts of PGD/CW-inf and AutoAttack")
     p.add_argument("--out", default=None,
                    help="JSON report (default: <model_path>.eval.<protocol>.json); a report of the same "
-                        "checkpoint and settings is extended, attacks run again are replaced")
+                        "checkpoint (sha256) and settings (--n_ex, --seed, --bs, and --coeff for CW-L2) is extended, "
+                        "attacks run again are replaced; one of an earlier version of the same checkpoint file is "
+                        "replaced; one of another checkpoint or other settings is refused (see --overwrite)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace --out even if it holds a report of other settings (e.g. another --n_ex); a file "
+                   help="replace --out even if it holds a report of another checkpoint or of other settings (e.g. "
+                        "another --n_ex or --seed); a file "
                         "that is not a report, and any checkpoint, is never replaced")
     return p
 
 
-def resolve(cfg: argparse.Namespace) -> argparse.Namespace:
+def check_settings(cfg: argparse.Namespace) -> argparse.Namespace:
+    """The checks of main_eval.py's arguments that need no file: model, protocol, attacks, radii and numbers.
+    Raises UserError; never reads or writes a file (reproduce.py checks each evaluation job with it before
+    starting anything). Sets cfg.protocol_spec, cfg.attack_names and cfg.radii."""
     if not is_known_model(cfg.model):
         raise UserError(f"unknown --model {cfg.model!r}; choose from {', '.join(model_names())}")
+    if cfg.protocol not in PROTOCOLS:
+        raise UserError(f"unknown --protocol {cfg.protocol!r}; choose from {', '.join(sorted(PROTOCOLS))}")
     cfg.protocol_spec = PROTOCOLS[cfg.protocol]
     cfg.attack_names = parse_attacks(cfg.attacks, cfg.protocol_spec)
     for flag in ("steps", "random_start"):
-        if getattr(cfg, flag) is not None:
+        if getattr(cfg, flag, None) is not None:
             raise UserError(f"--{flag.replace('_', '-')} is ignored by the authors' evaluation code, and here each "
                             f"protocol fixes its attacks' steps and starts: choose them with --protocol and --attacks "
                             f"(pgd10, pgd20)")
@@ -94,6 +103,15 @@ def resolve(cfg: argparse.Namespace) -> argparse.Namespace:
         raise UserError(f"--bs must be >= 1, got {cfg.bs}")
     if cfg.n_ex < 0:
         raise UserError(f"--n_ex must be >= 0 (0 = the whole test set), got {cfg.n_ex}")
+    if not 0 <= cfg.seed < SEED_LIMIT:
+        raise UserError(f"--seed must be an integer in 0..2**64-1 (what torch.manual_seed accepts on every "
+                        f"version), got {cfg.seed}")
+    return cfg
+
+
+def resolve(cfg: argparse.Namespace) -> argparse.Namespace:
+    """check_settings, then the file-system part: the --out folder and the report already there."""
+    check_settings(cfg)
     if cfg.out is None:
         cfg.out = f"{cfg.model_path}.eval.{cfg.protocol}.json"
     folder = os.path.dirname(os.path.abspath(cfg.out))
@@ -115,11 +133,7 @@ def parse_radii(text: str) -> Tuple[float, ...]:
     if not radii:
         raise UserError("--eps is empty; give a radius in 1/255 units, e.g. 8")
     for eps in radii:
-        if not math.isfinite(eps):
-            raise UserError(f"--eps must be finite numbers, got {eps}")
-        if not eps > 0:
-            raise UserError(f"--eps must be > 0 (in 1/255 units, e.g. 8), got {eps:g}")
-        require_255_units("--eps", eps, "--eps 8")
+        check_radius("--eps", eps, "--eps 8")
     return tuple(sorted(set(radii)))
 
 

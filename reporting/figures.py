@@ -44,9 +44,9 @@ def mean_and_std(series: Sequence[Sequence[float]]) -> Tuple[np.ndarray, np.ndar
     for i, s in enumerate(series):
         table[i, :len(s)] = s
     counts = np.sum(~np.isnan(table), axis=0)
-    mean = np.nanmean(table, axis=0)
-    with warnings.catch_warnings():  # a position one seed reached: no spread, and no warning about it
+    with warnings.catch_warnings():  # a position one seed reached: no spread; none (an empty cell): NaN
         warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(table, axis=0)
         spread = np.where(counts > 1, np.nanstd(table, axis=0, ddof=1), 0.0)
     return mean, spread
 
@@ -76,8 +76,8 @@ def training_curves(groups: Sequence[Group], folder: str) -> List[str]:
             epochs = max((r.history for r in runs), key=len)
             x = [row["epoch"] for row in epochs]
             for ax, column in zip(axes, ("test_clean_acc", "test_PGD10_acc")):
-                band(ax, x, [[row[column] for row in run.history] for run in runs], f"{group.label} ({len(runs)})",
-                     color)
+                band(ax, x, [[row.get(column, math.nan) for row in run.history] for run in runs],
+                     f"{group.label} ({len(runs)})", color)
         for ax, title in zip(axes, ("clean accuracy", "PGD-10 accuracy")):
             ax.set(xlabel="epoch", ylabel=f"{title} (%)", title=f"{title}, per-epoch test evaluation")
             ax.title.set_fontsize(10)
@@ -195,7 +195,7 @@ def dgad_parts(groups: Sequence[Group], folder: str) -> List[str]:
         x = [row["epoch"] for row in max((r.history for r in runs), key=len)]
         fig, axes = plt.subplots(1, 2, figsize=WIDE, dpi=DPI, constrained_layout=True)
         for part, color in zip(("L_ST", "L_AT", "L_PCR"), colors(3)):
-            band(axes[0], x, [[row[f"train_{part}"] for row in run.history] for run in runs], part, color)
+            band(axes[0], x, [[row.get(f"train_{part}", math.nan) for row in run.history] for run in runs], part, color)
         band(axes[1], x, [[row["train_st_fraction"] for row in run.history] for run in runs], "ST fraction",
              colors(1)[0])
         axes[0].set(xlabel="epoch", ylabel="mean over the epoch's examples", title="loss parts")

@@ -4,20 +4,20 @@ count; the published numbers of the same setting beside ours, with the differenc
 Markdown, LaTeX (booktabs) and CSV."""
 import csv
 import io
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from evaluation.protocols import PROTOCOLS, TITLES
-from evaluation.report import radius_key
+from evaluation.report import is_number, load_json, radius_key
 
 from .runs import Group
 
 PUBLISHED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "published.json")
 HEADERS = {"natural": "Clean", "aa": "AA"}  # the papers' column names; the rest as main_eval prints them
 DASH = "–"
+PUBLISHED_NAMES = ("dataset", "model", "protocol", "source")
 
 
 @dataclass
@@ -88,8 +88,19 @@ def distilled_from(config: Dict) -> Optional[str]:
 
 
 def load_published(path: str = PUBLISHED) -> List[Dict]:
-    with open(path) as f:
-        return json.load(f)["tables"]
+    """The published tables in `path`; ValueError naming the first entry that is not one."""
+    data = load_json(path)
+    tables = data.get("tables") if isinstance(data, dict) else None
+    if not isinstance(tables, list):
+        raise ValueError('no "tables" list')
+    for i, entry in enumerate(tables):
+        numbers = entry.get("numbers") if isinstance(entry, dict) else None
+        if not (isinstance(numbers, dict) and all(isinstance(entry.get(k), str) for k in PUBLISHED_NAMES)
+                and is_number(entry.get("eps_255"))
+                and all(isinstance(row, dict) and all(is_number(v) for v in row.values()) for row in numbers.values())):
+            raise ValueError(f"tables[{i}] is not an object with {', '.join(PUBLISHED_NAMES)}, a numeric eps_255 and "
+                             f"numbers {{method: {{attack: accuracy}}}}")
+    return tables
 
 
 def published_for(table: Table, published: Sequence[Dict]) -> Optional[Dict]:

@@ -197,8 +197,10 @@ def test_several_radii_in_one_call_share_clean_accuracy_and_extend_one_report(re
 
 def test_a_report_of_the_older_one_radius_format_is_replaced(real_data_dir, checkpoint, capsys):
     out = checkpoint + ".eval.paper.json"
+    with open(checkpoint, "rb") as f:
+        sha256 = hashlib.sha256(f.read()).hexdigest()
     with open(out, "w") as f:
-        json.dump({"format": "advkd-eval/1", "results": {}}, f)
+        json.dump({"format": "advkd-eval/1", "results": {}, "checkpoint": {"path": checkpoint, "sha256": sha256}}, f)
     assert evaluate(real_data_dir, "--model_path", checkpoint, "--attacks", "natural", "--n_ex", "3") == 0
     assert "older format (advkd-eval/1): replacing it" in capsys.readouterr().out
     assert load(out)["format"] == "advkd-eval/2"

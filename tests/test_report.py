@@ -16,6 +16,7 @@ from reporting.cli import main as report_main
 from reporting.runs import find_runs, group_runs
 from reporting.tables import Cell, build_tables, cell_text, csv_text, latex, load_published, markdown
 from methods import method_names
+from runtime.checkpoints import sha256_of
 
 BASE = {"dataset": "CIFAR10", "model": "resnet18", "teacher_model": "wideresnet34_10", "epochs": 3,
         "epsilon": 8.0, "recipe": "dgad-paper"}
@@ -41,8 +42,12 @@ def write_run(root, method, seed, accuracies, *, radii=None, gaps=None, protocol
             f.write(",".join(map(str, [epoch, clean, robust] + [0.1 * (i + 1) / epoch for i in range(len(parts))]))
                     + "\n")
     all_radii = {8: accuracies, **(radii or {})}
+    weights = os.path.join(folder, checkpoint)
+    with open(weights, "wb") as f:
+        f.write(f"weights of {folder}".encode())
     report = {"format": "advkd-eval/2", "protocol": protocol, "dataset": record["dataset"], "model": record["model"],
-              "n_examples": n, "eps_255": sorted(all_radii), "radii": {}}
+              "n_examples": n, "eps_255": sorted(all_radii), "radii": {}, "seed": 0, "batch_size": 200,
+              "checkpoint": {"path": os.path.abspath(weights), "sha256": sha256_of(weights)}}
     for eps, accs in sorted(all_radii.items()):
         gap = (gaps or {}).get(eps)
         report["radii"][f"{eps:g}"] = {
@@ -70,7 +75,7 @@ def runs_root(tmp_path):
 
 
 def tables_of(root):
-    groups = group_runs(find_runs([root]), method_names())
+    groups = group_runs(find_runs([root]).runs, method_names())
     return groups, build_tables(groups, 8, load_published())
 
 
@@ -157,7 +162,7 @@ def test_natural_training_reports_its_best_clean_checkpoint(tmp_path):
     write_run(root, "PGDAT", 0, {"natural": 36.0, "pgd10": 18.0}, checkpoint="best_clean_acc_model.pth")
     _, (table,) = tables_of(root)
     assert [(row.label, row.cells["natural"].mean) for row in table.rows] == [("Natural", 41.0), ("PGDAT", 35.0)]
-    groups = group_runs(find_runs([root], "best_clean_acc_model.pth"), method_names())  # --checkpoint
+    groups = group_runs(find_runs([root], "best_clean_acc_model.pth").runs, method_names())  # --checkpoint
     (table,) = build_tables(groups, 8)
     assert [row.cells["natural"].mean for row in table.rows] == [41.0, 36.0]
 
@@ -165,7 +170,7 @@ def test_natural_training_reports_its_best_clean_checkpoint(tmp_path):
 def test_figures_are_images_of_their_size(runs_root, tmp_path):
     radii = {2: {"natural": 80.0, "pgd10": 70.0}, 4: {"natural": 80.0, "pgd10": 62.0}}
     write_run(runs_root, "RSLAD", 0, full(84, 58, 51, 50, 48), radii=radii, gaps={2: 0.1, 4: 0.3, 8: 0.5})
-    groups = group_runs(find_runs([runs_root]), method_names())
+    groups = group_runs(find_runs([runs_root]).runs, method_names())
     out = str(tmp_path / "figures")
     os.makedirs(out)
     written = [path for draw in figures.FIGURES for path in draw(groups, out)]
