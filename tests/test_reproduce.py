@@ -13,8 +13,9 @@ import pytest
 from helpers import REPO
 from pipeline import launch
 from pipeline.cli import main as reproduce
-from pipeline.plan import evaluation_missing, training_state
+from pipeline.plan import Wanted, evaluation_missing, training_state
 from pipeline.presets import Evaluation
+from runtime.checkpoints import sha256_of
 
 
 def dry_run(capsys, *args):
@@ -33,7 +34,8 @@ def test_the_paper_preset_expands_into_its_table(capsys, tmp_path):
     evaluate = [c for c in commands(out) if c.startswith("main_eval.py")]
     assert len(train) == 15 and len(evaluate) == 30  # 5 methods x 3 seeds; two evaluations each
     assert "train teacher" not in out  # the preset names a published teacher
-    assert train[0] == (f"main.py --dataset CIFAR10 --model resnet18 --method PGDAT --seed 0 --data_dir ./datasets "
+    data = os.path.abspath("./datasets")  # the jobs run in the repository's folder: the caller's folder is said
+    assert train[0] == (f"main.py --dataset CIFAR10 --model resnet18 --method PGDAT --seed 0 --data_dir {data} "
                         f"--save_dir {root}/PGDAT/seed0 --recipe dgad-paper --resume")
     dgad = [c for c in train if "--method DGAD" in c]
     assert [c.split("--seed ")[1].split()[0] for c in dgad] == ["0", "1", "2"]
@@ -41,7 +43,7 @@ def test_the_paper_preset_expands_into_its_table(capsys, tmp_path):
                in c for c in dgad)
     assert not any("--teacher_path" in c for c in train if "--method PGDAT" in c or "--method TRADES" in c)
     assert evaluate[0] == (f"main_eval.py --dataset CIFAR10 --model resnet18 --model_path "
-                           f"{root}/PGDAT/seed0/best_PGD10_acc_model.pth --data_dir ./datasets --protocol paper "
+                           f"{root}/PGDAT/seed0/best_PGD10_acc_model.pth --data_dir {data} --protocol paper "
                            f"--attacks natural,fgsm,pgd10,cw_l2,aa --eps 8 --n_ex 0 --method PGDAT")
     assert evaluate[1].endswith("--protocol paper --attacks natural,pgd10 --eps 2,4,12,16 --n_ex 0 --method PGDAT")
     report = [c for c in commands(out) if c.startswith("main_report.py")]
@@ -74,7 +76,7 @@ def preset_file(tmp_path, **changes):
     ({"train": {"save_dir": "x"}}, "'save_dir' is set by reproduce.py"),
     ({"train": {"epoch": 3}}, "'epoch' is not a main.py flag"),
     ({"seeds": [0, 0]}, "distinct integers"),
-    ({"evaluate": [{"protocol": "paper", "eps": [0.03]}]}, "radii in 1/255 units"),
+    ({"evaluate": [{"protocol": "paper", "eps": [0.03]}]}, "--eps counts 1/255 pixel units"),
     ({"evaluate": [{"protocol": "paper", "attacks": ["pgd20"]}]}, "belongs to --protocol standard"),
     ({"evaluate": [{"protocol": "paper"}, {"protocol": "paper", "n_ex": 5}]}, "must share n_ex"),
     ({"teacher": {"model": "wideresnet10_1", "train": {"method": "RSLAD"}}}, "trains without a teacher"),
@@ -95,6 +97,24 @@ def test_an_unknown_preset_names_the_known_ones(capsys):
     assert "cifar10-mini, dgad-cifar10-resnet18" in capsys.readouterr().err
 
 
+def paper_wanted(n_examples, attacks=("natural", "pgd10"), eps=(2.0, 8.0), n_ex=None):
+    """What a preset's paper-protocol evaluation of a CIFAR-10 wideresnet10_1 asks of its report."""
+    identity = {"dataset": "CIFAR10", "model": "wideresnet10_1", "protocol": "paper", "n_examples": n_examples}
+    n_ex = n_examples if n_ex is None else n_ex
+    return Wanted(identity, 0, 200, Evaluation("paper", tuple(attacks), tuple(eps), n_ex))
+
+
+def eval_report(checkpoint, cells, n_examples=100, **changes):
+    """A main_eval.py report of `checkpoint` (its current sha256) holding `cells`: {radius: [attacks]}."""
+    radii = {f"{eps:g}": {"eps": eps / 255, "eps_255": eps, "attacks": list(names), "variance_gap": None,
+                          "results": {name: {"accuracy": 50.0} for name in names}} for eps, names in cells.items()}
+    report = {"format": "advkd-eval/2", "dataset": "CIFAR10", "model": "wideresnet10_1", "protocol": "paper",
+              "n_examples": n_examples, "batch_size": 200, "seed": 0, "eps_255": sorted(cells),
+              "checkpoint": {"path": os.path.abspath(checkpoint), "sha256": sha256_of(checkpoint)}, "radii": radii}
+    report.update(changes)
+    return report
+
+
 def test_job_states_come_from_the_files_a_run_leaves(tmp_path):
     folder = tmp_path / "run"
     state = training_state(str(folder), {"method": "PGDAT", "seed": 0})
@@ -105,32 +125,31 @@ def test_job_states_come_from_the_files_a_run_leaves(tmp_path):
     assert state() == (False, "resumes after epoch 2 of 3")
     (folder / "results.csv").write_text("epoch,lr\n1,0.1\n2,0.1\n3,0.1\n")
     assert state() == (True, "done (3 epochs)")
-    assert training_state(str(folder), {"method": "TRADES"})()[1].startswith("holds another run (method 'PGDAT'")
-    # The preset's flags are compared too, as config.json records them: an edited preset is not "done".
+    other = training_state(str(folder), {"method": "TRADES"})()[1]
+    assert other.startswith(f"{folder} holds a run made with other settings: --method 'PGDAT' (the preset: 'TRADES')")
+    # The preset's settings are compared as main.py resolves them and config.json records them, by main.py's rule
+    # for a resume (operational flags may differ): an edited preset is not "done".
     (folder / "config.json").write_text(json.dumps({"method": "PGDAT", "seed": 0, "epochs": 3, "milestones": [2, 3],
-                                                    "epsilon": 8.0, "download": False}))
-    assert training_state(str(folder), {"epochs": 3, "milestones": "2,3", "epsilon": 8, "download": False})() == \
+                                                    "epsilon": 8.0, "download": False, "eval_bs": 512}))
+    assert training_state(str(folder), {"epochs": 3, "milestones": (2, 3), "epsilon": 8.0, "eval_bs": 1024})() == \
         (True, "done (3 epochs)")
-    edited = training_state(str(folder), {"epochs": 4, "milestones": "2,4"})()
-    assert edited[0] is False and "epochs 3 (the preset: 4), milestones [2, 3] (the preset: '2,4')" in edited[1]
+    edited = training_state(str(folder), {"epochs": 4, "milestones": (2, 4)})()
+    assert edited[0] is False and "--epochs 3 (the preset: 4); --milestones [2, 3] (the preset: (2, 4))" in edited[1]
+    assert "set the preset back, or move that folder away (or choose another --root)" in edited[1]
 
     checkpoint = folder / "best_PGD10_acc_model.pth"
-    wanted = Evaluation("paper", ("natural", "pgd10"), (2.0, 8.0), 100)
+    wanted = paper_wanted(100)
     assert evaluation_missing(str(checkpoint), wanted) == "waits for its checkpoint"
     checkpoint.write_bytes(b"weights")
     assert evaluation_missing(str(checkpoint), wanted) == "not evaluated"
-    import hashlib
-    sha = hashlib.sha256(b"weights").hexdigest()
-    report = {"format": "advkd-eval/2", "checkpoint": {"sha256": sha}, "n_examples": 100,
-              "radii": {"8": {"results": {"natural": {}, "pgd10": {}}}, "2": {"results": {"natural": {}}}}}
+    report = eval_report(str(checkpoint), {8: ["natural", "pgd10"], 2: ["natural"]})
     path = folder / "best_PGD10_acc_model.pth.eval.paper.json"
     path.write_text(json.dumps(report))
     assert evaluation_missing(str(checkpoint), wanted) == "missing pgd10@2"
-    report["radii"]["2"]["results"]["pgd10"] = {}
-    path.write_text(json.dumps(report))
+    path.write_text(json.dumps(eval_report(str(checkpoint), {8: ["natural", "pgd10"], 2: ["natural", "pgd10"]})))
     assert evaluation_missing(str(checkpoint), wanted) is None
     checkpoint.write_bytes(b"retrained")
-    assert evaluation_missing(str(checkpoint), wanted) == "the checkpoint changed since its evaluation"
+    assert evaluation_missing(str(checkpoint), wanted) == "the checkpoint changed since its evaluation: evaluated again"
 
 
 TRAPS_SIGTERM = """
