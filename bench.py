@@ -28,8 +28,9 @@ from runtime.device import configure_determinism, device_name, make_generator, r
 from runtime.distributed import World, join
 from runtime.errors import UserError, exit_on_user_error, report
 from runtime.precision import autocast_factory, compute_dtype, prepare_batch, prepare_model
+from teachers.zoo import ROBUSTBENCH_PREFIX
 from training.config import build_parser, resolve
-from training.networks import frozen, load_teacher
+from training.networks import frozen, load_teacher, require_teacher_file
 from training.schedule import build_optimizer
 
 DEFAULTS = {"dataset": "CIFAR10", "datasets": ["CIFAR10", "CIFAR100", "Tiny_Image"],
@@ -57,7 +58,7 @@ def parse_args(argv=None):
     return cfg
 
 
-def validate(cfg) -> None:
+def validate(cfg, config) -> None:
     for flag in ("steps", "bs"):
         if getattr(cfg, flag) < 1:
             raise UserError(f"--{flag} must be >= 1, got {getattr(cfg, flag)}")
@@ -67,7 +68,9 @@ def validate(cfg) -> None:
         folder = os.path.dirname(os.path.abspath(cfg.json))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             raise UserError(f"--json {cfg.json}: {folder} is not a writable folder")
-    if cfg.teacher_weights is not None and not os.path.isfile(cfg.teacher_weights):
+    if cfg.teacher_weights is not None and config.teacher_source is not None:
+        require_teacher_file(config)  # zoo:NAME: from the cache, or fetched with --download
+    elif cfg.teacher_weights is not None and not os.path.isfile(cfg.teacher_weights):
         raise UserError(f"--teacher_path {cfg.teacher_weights} does not exist (leave it out to time a "
                         f"randomly initialised teacher: the cost does not depend on its weights)")
 
@@ -156,12 +159,18 @@ def run_bench(cfg, config, world: World = World()) -> Dict:
     teacher = None
     if method.needs_teacher:
         if cfg.teacher_weights is not None:
-            teacher = load_teacher(cfg.teacher_model, cfg.teacher_weights, cfg.dataset, info.num_classes, device)
+            teacher = load_teacher(cfg.teacher_model, cfg.teacher_weights, cfg.dataset, info.num_classes, device,
+                                   download=cfg.download)
         else:
             teacher = frozen(build_model(cfg.teacher_model, info.num_classes).to(device))
-    # A second teacher (AKD, MTARD) is randomly initialised: its cost does not depend on its weights.
-    natural = frozen(build_model(config.teacher_st_model, info.num_classes).to(device)) \
-        if method.needs_natural_teacher else None
+    # A second teacher (AKD, MTARD) is randomly initialised: its cost does not depend on its weights (a
+    # robustbench:NAME one is loaded: only robustbench builds its architecture).
+    natural = None
+    if method.needs_natural_teacher and config.teacher_st_model.startswith(ROBUSTBENCH_PREFIX):
+        natural = load_teacher(config.teacher_st_model, config.teacher_st_path, cfg.dataset, info.num_classes, device,
+                               natural=True, download=cfg.download)
+    elif method.needs_natural_teacher:
+        natural = frozen(build_model(config.teacher_st_model, info.num_classes).to(device))
     extra = method.extra_module(student, teacher)
     if extra is not None:
         extra.to(device)
@@ -272,7 +281,9 @@ def main(argv=None) -> int:
     cfg = parse_args(argv)
     with exit_on_user_error():
         config = resolve(cfg)
-        validate(cfg)
+        if cfg.teacher_weights is not None:
+            cfg.teacher_weights = config.teacher_path  # a zoo:NAME resolved to its file in the cache
+        validate(cfg, config)
         world = join(config.dist_timeout, torch.cuda.is_available())
         report = run_bench(cfg, config, world)
         world.leave()

@@ -23,6 +23,7 @@ from runtime.distributed import launched_world_size, quiet_unless_first
 from runtime.errors import OneLineParser, UserError, exit_on_user_error, warn
 from runtime.help import HelpFormatter
 from runtime.progress import Progress
+from teachers import download, zoo
 
 from .accuracy import FeatureMoments, attack_accuracy
 from .autoattack import pyautoattack_version
@@ -39,10 +40,12 @@ def build_parser(defaults: Dict, description: str) -> argparse.ArgumentParser:
     p = OneLineParser(description=description, formatter_class=HelpFormatter, allow_abbrev=False)
     p.add_argument("--dataset", default=defaults["dataset"], choices=defaults["datasets"],
                    help="the dataset whose test split is evaluated (read from --data_dir)")
-    p.add_argument("--model", default="resnet18", help=f"architecture: {', '.join(model_names())}")
+    p.add_argument("--model", default=None,
+                   help=f"architecture (default resnet18; a zoo: --model_path sets it): {', '.join(model_names())}")
     p.add_argument("--model_path", required=True,
                    help="checkpoint: a state dict, or a dict holding one under 'net', 'state_dict' or 'model'; "
-                        "'module.'/'model.' key prefixes are accepted")
+                        "'module.'/'model.' key prefixes are accepted; zoo:NAME: a teacher of the zoo by name (in "
+                        "the cache, or fetched with --download; README: 'Teachers by name')")
     p.add_argument("--protocol", default="paper", choices=sorted(PROTOCOLS),
                    help="; ".join(f"{p.name}: {p.description}" for p in PROTOCOLS.values()))
     p.add_argument("--attacks", nargs="+", default=None,
@@ -63,7 +66,8 @@ def build_parser(defaults: Dict, description: str) -> argparse.ArgumentParser:
     g.add_argument("--random-start", dest="random_start", nargs="?", const=True, default=None,
                    help=argparse.SUPPRESS)
     p.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="folder holding the dataset's standard layout")
-    p.add_argument("--download", action="store_true", help="download CIFAR when missing (needs internet)")
+    p.add_argument("--download", action="store_true",
+                   help="download CIFAR, and a zoo: --model_path not in the cache yet, when missing (needs internet)")
     p.add_argument("--n_ex", type=int, default=0, help="evaluate the first N test images (0 = all)")
     p.add_argument("--gpu_id", type=int, default=0, help="use cuda:<id>; the CPU when CUDA is unavailable")
     p.add_argument("--seed", type=int, default=0, help="seeds the random starts of PGD/CW-inf and AutoAttack")
@@ -81,8 +85,10 @@ def build_parser(defaults: Dict, description: str) -> argparse.ArgumentParser:
 
 def check_settings(cfg: argparse.Namespace) -> argparse.Namespace:
     """The checks of main_eval.py's arguments that need no file: model, protocol, attacks, radii and numbers.
-    Raises UserError; never reads or writes a file (reproduce.py checks each evaluation job with it before
-    starting anything). Sets cfg.protocol_spec, cfg.attack_names and cfg.radii."""
+    Raises UserError; never reads or writes a file but the zoo's registry (reproduce.py checks each evaluation job
+    with it before starting anything). Sets cfg.protocol_spec, cfg.attack_names and cfg.radii; a zoo:NAME
+    --model_path becomes the zoo file's place in the cache (cfg.model_source keeps the name) and sets --model."""
+    resolve_model_source(cfg)
     if not is_known_model(cfg.model):
         raise UserError(f"unknown --model {cfg.model!r}; choose from {', '.join(model_names())}")
     if cfg.protocol not in PROTOCOLS:
@@ -109,9 +115,29 @@ def check_settings(cfg: argparse.Namespace) -> argparse.Namespace:
     return cfg
 
 
+def resolve_model_source(cfg: argparse.Namespace) -> None:
+    cfg.model_source = getattr(cfg, "model_source", None)  # check_settings may see its own result again
+    parsed = zoo.split_source(cfg.model_path)
+    if parsed is not None and parsed[0] == "robustbench":
+        raise UserError(f"--model_path {cfg.model_path}: main_eval.py evaluates the architectures of models/ (a zoo: "
+                        f"name is one); evaluate a RobustBench model with RobustBench's own benchmark")
+    if parsed is not None:
+        entry = zoo.entry(parsed[1], cfg.dataset, flag="--model_path")
+        if cfg.model is not None and cfg.model != entry.architecture:
+            raise UserError(f"--model {cfg.model} conflicts with --model_path {entry.source}, which is a "
+                            f"{entry.architecture}: leave --model out (the architecture comes with the name)")
+        cfg.model, cfg.model_path, cfg.model_source = entry.architecture, zoo.cached_path(entry), entry.source
+    if cfg.model is None:
+        cfg.model = "resnet18"
+
+
 def resolve(cfg: argparse.Namespace) -> argparse.Namespace:
-    """check_settings, then the file-system part: the --out folder and the report already there."""
+    """check_settings, then the file-system part: a zoo model in the cache (fetched with --download), the --out
+    folder and the report already there."""
     check_settings(cfg)
+    if cfg.model_source is not None:
+        download.ensure(zoo.entry(cfg.model_source[len(zoo.ZOO_PREFIX):], cfg.dataset, flag="--model_path"),
+                        cfg.download, "--model_path")
     if cfg.out is None:
         cfg.out = f"{cfg.model_path}.eval.{cfg.protocol}.json"
     folder = os.path.dirname(os.path.abspath(cfg.out))
@@ -221,7 +247,8 @@ def evaluate(cfg) -> Dict:
         "format": REPORT_FORMAT, "complete": False, "protocol_description": protocol.description,
         "num_classes": info.num_classes, "split": split_name,
         "batch_size": cfg.bs, "seed": cfg.seed, "labels": {"method": cfg.method, "teacher_model": cfg.teacher_model},
-        "checkpoint": dict(path=os.path.abspath(cfg.model_path), sha256=sha256, **checkpoint_meta),
+        "checkpoint": dict(path=os.path.abspath(cfg.model_path), sha256=sha256, **checkpoint_meta,
+                           **({"source": cfg.model_source} if getattr(cfg, "model_source", None) else {})),
         "versions": {"torch": torch.__version__, "pyautoattack": pyautoattack_version(),
                      "python": platform.python_version(), "advkd_git_commit": git_commit()},
         "device": device_name(device), "command": " ".join(shlex.quote(a) for a in cfg.command),

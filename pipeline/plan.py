@@ -20,6 +20,7 @@ from methods import get_method
 from reporting.runs import BEST_PGD, read_history, read_json, reported_checkpoint
 from runtime.checkpoints import sha256_of
 from runtime.errors import UserError
+from teachers import zoo
 from training.config import Config, build_parser as training_parser, resolve as resolve_training
 from training.run_dir import identity_differences
 
@@ -265,6 +266,7 @@ class Plan:
         if preset.teacher is not None and preset.teacher.path is None:
             self.add_teacher()
         runs = [self.add_student(method, seed) for method in preset.methods for seed in preset.seeds]
+        self.warn_uncached_teacher()
         evaluations = [self.add_evaluation(job) for job in runs]
         inputs = [os.path.join(job.folder, "results.csv") for job in runs]
         inputs += [report_path(job.checkpoint, e.protocol) for job in evaluations for e in preset.evaluations]
@@ -293,6 +295,17 @@ class Plan:
                   conflict=training_conflict(folder, expected))
         self.jobs.append(job)
         return job
+
+    def warn_uncached_teacher(self) -> None:
+        """A zoo teacher that is neither in the cache nor asked to be fetched ("download": true) fails every run
+        that distils from it: said once when the plan is made (the check reads the cache, fetches nothing)."""
+        for config in self.configs.values():
+            if config.teacher_source and config.teacher_source.startswith(zoo.ZOO_PREFIX) \
+                    and not config.download and not os.path.isfile(config.teacher_path):
+                self.warnings.append(f"preset {self.preset.name} teacher: {config.teacher_source} is not in the cache "
+                                     f"({config.teacher_path}): add \"download\": true to the preset's \"train\" "
+                                     f"flags, or place the file there (docs/teachers.md)")
+                return
 
     def add_teacher(self) -> None:
         teacher = self.preset.teacher

@@ -11,6 +11,7 @@ from evaluation.protocols import PROTOCOLS, parse_attacks
 from methods import get_method, method_names
 from models import is_known_model
 from runtime.errors import UserError
+from teachers import zoo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESET_DIR = os.path.join(REPO, "presets")
@@ -30,8 +31,8 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class Teacher:
-    model: str
-    path: Optional[str]  # a checkpoint given by the preset; None when the pipeline trains the teacher
+    model: str  # from the registry for a zoo:NAME path
+    path: Optional[str]  # a checkpoint (or zoo:NAME) given by the preset; None when the pipeline trains the teacher
     method: Optional[str] = None
     seed: int = 0
     flags: Dict[str, Any] = field(default_factory=dict)
@@ -167,13 +168,25 @@ def load_preset(name_or_path: str, switches: Dict[str, bool]) -> Preset:
     if t is None:
         return Preset(name, data.get("description", ""), dataset, data["student"], None, tuple(methods),
                       tuple(seeds), train, method_flags, evaluations(data, name))
-    expect(isinstance(t, dict) and isinstance(t.get("model"), str) and is_known_model(t["model"]),
-           f"{name} teacher", "must name a 'model' of models/")
-    expect(("path" in t) != ("train" in t), f"{name} teacher", "give either 'path' (a checkpoint) or 'train' "
-                                                                 "(how to train it here)")
+    expect(isinstance(t, dict), f"{name} teacher", "must be an object: {\"model\", \"path\"} or {\"model\", "
+                                                   "\"train\"}")
+    expect(("path" in t) != ("train" in t), f"{name} teacher", "give either 'path' (a checkpoint, or zoo:NAME) or "
+                                                                 "'train' (how to train it here)")
+    model = t.get("model")
     if "path" in t:
         expect(isinstance(t["path"], str) and t["path"], f"{name} teacher", "'path' must be a checkpoint's path")
-        teacher = Teacher(t["model"], t["path"])
+        try:  # a zoo:NAME (robustbench:NAME) teacher brings its architecture: 'model' may be left out
+            named = zoo.resolve_source(t["path"], dataset, "'path'")
+        except UserError as exc:
+            raise UserError(f"preset {name} teacher: {exc}") from None
+        if named is not None:
+            expect(model is None or model == named[0], f"{name} teacher",
+                   f"'model' {model!r} conflicts with 'path' {t['path']}, which is a {named[0]}: leave 'model' out")
+            model = named[0]
+    expect(isinstance(model, str) and (is_known_model(model) or model.startswith(zoo.ROBUSTBENCH_PREFIX)),
+           f"{name} teacher", "must name a 'model' of models/ (a 'path' of zoo:NAME brings its own)")
+    if "path" in t:
+        teacher = Teacher(model, t["path"])
     else:
         expect(isinstance(t["train"], dict), f"{name} teacher.train", "must be an object of main.py flags")
         how = dict(t["train"])
@@ -183,7 +196,7 @@ def load_preset(name_or_path: str, switches: Dict[str, bool]) -> Preset:
                f"{name} teacher.train", f"method {method!r} must be one that trains without a teacher (PGDAT, TRADES, "
                                         f"Natural)")
         expect(type(seed) is int, f"{name} teacher.train", "seed must be an integer")
-        teacher = Teacher(t["model"], None, method, seed, checked_flags(how, f"{name} teacher.train", switches))
+        teacher = Teacher(model, None, method, seed, checked_flags(how, f"{name} teacher.train", switches))
     return Preset(name, data.get("description", ""), dataset, data["student"], teacher, tuple(methods),
                   tuple(seeds), train, method_flags, evaluations(data, name))
 

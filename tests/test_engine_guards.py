@@ -225,7 +225,8 @@ def test_operational_flags_are_the_named_few():
     # Every other Config field defines the run; a change here must be deliberate.
     assert OPERATIONAL_FLAGS == {"save_dir", "resume", "overwrite", "stop_after", "gpu_id", "eval_bs", "nan_policy",
                                  "data_dir", "download", "deterministic", "channels_last", "compile", "teacher_path",
-                                 "teacher_st_path", "recipe_overrides", "dist_timeout"}
+                                 "teacher_st_path", "recipe_overrides", "dist_timeout", "teacher_source",
+                                 "teacher_st_source"}
 
 
 def changed(value):

@@ -16,6 +16,7 @@ from models import is_known_model, model_names
 from runtime.errors import OneLineParser, UserError, require_255_units, warn
 from runtime.help import HelpFormatter
 from runtime.precision import PRECISIONS
+from teachers import zoo
 
 from .networks import STREAM_SEED_OFFSETS, SWA_SEED_OFFSET
 from .schedule import SCHEDULES
@@ -33,6 +34,8 @@ class Config:
     teacher_path: Optional[str]
     teacher_st_model: Optional[str]
     teacher_st_path: Optional[str]
+    teacher_source: Optional[str]  # 'zoo:NAME' or 'robustbench:NAME' when --teacher_path named one, else None
+    teacher_st_source: Optional[str]
     data_dir: str
     download: bool
     save_dir: str
@@ -96,17 +99,25 @@ def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentPars
     g.add_argument("--method", default="DGAD",
                    help=f"one of: {', '.join(method_names())} (VarGap is an approximate re-implementation "
                         f"from its paper's abstract; see README)")
-    g.add_argument("--teacher_model", default=prog_defaults["teacher_model"], help="teacher architecture")
+    # None: not given (a zoo: or robustbench: --teacher_path sets it; an explicit conflicting one is refused).
+    g.add_argument("--teacher_model", default=None,
+                   help=f"teacher architecture (default {prog_defaults['teacher_model']}; a zoo: or robustbench: "
+                        f"--teacher_path sets it)")
+    p.set_defaults(default_teacher_model=prog_defaults["teacher_model"])
     g.add_argument("--teacher_path", default=None,
-                   help="teacher checkpoint (default checkpoints/teachers/<dataset>/<teacher_model>.pth)")
+                   help="teacher checkpoint (default checkpoints/teachers/<dataset>/<teacher_model>.pth); "
+                        "zoo:NAME: a teacher of the zoo by name, fetched into the cache with --download (README: "
+                        "'Teachers by name'); robustbench:NAME: any RobustBench model of --dataset")
     g.add_argument("--teacher_st_model", default=None,
                    help="the naturally trained second teacher of AKD and MTARD (default: each method's)")
     g.add_argument("--teacher_st_path", default=None,
-                   help="its checkpoint (default checkpoints/teachers/<dataset>/<teacher_st_model>_natural.pth)")
+                   help="its checkpoint (default checkpoints/teachers/<dataset>/<teacher_st_model>_natural.pth); "
+                        "zoo:NAME and robustbench:NAME as for --teacher_path (zoo:Standard is naturally trained)")
     g.add_argument("--data_dir", default=DEFAULT_DATA_DIR,
                    help="folder holding the dataset's standard layout (a folder of its own, not the data/ code "
                         "package)")
-    g.add_argument("--download", action="store_true", help="download CIFAR when missing (needs internet)")
+    g.add_argument("--download", action="store_true",
+                   help="download CIFAR, and a zoo: teacher not in the cache yet, when missing (needs internet)")
     g.add_argument("--save_dir", default=None,
                    help="where the run's files go (default checkpoints/<dataset>/<method>/<name from the flags>)")
     g.add_argument("--resume", action="store_true", help="continue from last.pth in --save_dir")
@@ -198,7 +209,9 @@ def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentPars
 OPERATIONAL_FLAGS = frozenset({
     "save_dir", "resume", "overwrite", "stop_after", "gpu_id", "eval_bs", "nan_policy", "data_dir", "download",
     "deterministic", "channels_last", "compile", "teacher_path", "teacher_st_path", "recipe_overrides",
-    "dist_timeout"})
+    "dist_timeout", "teacher_source", "teacher_st_source"})
+# teacher_source: where a teacher file came from (zoo:NAME) is provenance; the file's sha256 (recorded as
+# teacher_sha256) defines the teacher, so one file named by the zoo or by its path is one run.
 # Defining settings added after runs were made with this code: a run without one in its record
 # had this value (its resume and its default folder are unchanged).
 ADDED_DEFAULTS = {"sync_bn": False, "teacher_st_model": None, "swa_start": 0}
@@ -217,9 +230,9 @@ def default_swa_start(method, args) -> int:
 def default_save_dir(args, method_options) -> str:
     parts = [args.model]
     if get_method(args.method).needs_teacher:
-        parts.append(f"T-{args.teacher_model}")
+        parts.append(f"T-{args.teacher_model}".replace(":", "-"))  # robustbench:NAME: no colon in a folder name
     if get_method(args.method).needs_natural_teacher:
-        parts.append(f"TS-{args.teacher_st_model}")
+        parts.append(f"TS-{args.teacher_st_model}".replace(":", "-"))
     parts += [f"eps{args.epsilon:g}", f"k{args.num_steps}", f"a{args.step_size:g}", f"bs{args.bs}",
               f"lr{args.lr_max:g}", args.lr_schedule, f"e{args.epochs}"]
     for name, option in method_options.items():
@@ -357,6 +370,38 @@ def recipe_line(config: Config) -> str:
                if config.recipe_overrides else ""))
 
 
+TEACHER_FLAGS = (("teacher_path", "teacher_model", "teacher_source"),
+                 ("teacher_st_path", "teacher_st_model", "teacher_st_source"))
+
+
+def resolve_teacher_sources(args: argparse.Namespace, method) -> None:
+    """A --teacher_path (--teacher_st_path) of zoo:NAME or robustbench:NAME: the teacher's architecture comes
+    with it (a conflicting explicit --teacher_model is refused), the path becomes the zoo file's place in the
+    cache, and the name is kept as teacher_source. Reads the registry only: nothing is fetched here."""
+    args.teacher_source = args.teacher_st_source = None
+    needed = {"teacher_path": method.needs_teacher, "teacher_st_path": method.needs_natural_teacher}
+    for path_flag, model_flag, source_attr in TEACHER_FLAGS:
+        named = zoo.resolve_source(getattr(args, path_flag), args.dataset, f"--{path_flag}") \
+            if needed[path_flag] else None  # a teacher flag of a method without that teacher: see `resolve`
+        if named is None:
+            continue
+        model, path, source = named
+        given = getattr(args, model_flag)
+        if given is not None and given != model:
+            raise UserError(f"--{model_flag} {given} conflicts with --{path_flag} {source}, which is a {model}: leave "
+                            f"--{model_flag} out (the teacher's architecture comes with its name)")
+        setattr(args, model_flag, model)
+        setattr(args, path_flag, path)
+        setattr(args, source_attr, source)
+    if args.teacher_model is None:
+        args.teacher_model = getattr(args, "default_teacher_model", None)
+
+
+def is_teacher_model(name: str) -> bool:
+    """A model of models/, or a RobustBench model named by robustbench:NAME (its own architecture)."""
+    return name.startswith(zoo.ROBUSTBENCH_PREFIX) or is_known_model(name)
+
+
 def resolve(args: argparse.Namespace) -> Config:
     """Validate the parsed arguments, fill the defaults that depend on other arguments, and freeze
     them. `args` itself is filled in too (bench.py reads its own flags beside the config)."""
@@ -364,10 +409,13 @@ def resolve(args: argparse.Namespace) -> Config:
         method = get_method(args.method)
     except KeyError:
         raise UserError(f"unknown --method {args.method!r}; choose from {', '.join(method_names())}") from None
+    resolve_teacher_sources(args, method)
     if method.needs_natural_teacher and args.teacher_st_model is None:
         args.teacher_st_model = method.natural_teacher_model(args)
-    for flag in ("model", "teacher_model") + (("teacher_st_model",) if method.needs_natural_teacher else ()):
-        if not is_known_model(getattr(args, flag)):
+    if not is_known_model(args.model):
+        raise UserError(f"unknown --model {args.model!r}; choose from {', '.join(model_names())}")
+    for flag in ("teacher_model",) + (("teacher_st_model",) if method.needs_natural_teacher else ()):
+        if not is_teacher_model(getattr(args, flag)):
             raise UserError(f"unknown --{flag} {getattr(args, flag)!r}; choose from {', '.join(model_names())}")
     own = method.options_for(args)  # VarGap also reads the options of its --vg_base
     for name, (option, users) in all_options().items():

@@ -16,7 +16,6 @@ import torch.nn as nn
 from data import Shard, Split, TrainBatches, dataset_info, load_split
 from evaluation.accuracy import FeatureMoments, attack_accuracy, pgd_ce_attack
 from methods import Method, configure, training_step
-from runtime.checkpoints import sha256_of
 from runtime.device import configure_determinism, device_name, git_commit, resolve_device, seed_everything
 from runtime.distributed import JobError, World, join, lost_peer, peer_failure
 from runtime.errors import UserError, warn
@@ -77,9 +76,7 @@ def train(config, world: World, claimed: contextlib.ExitStack) -> RunState:
         record = dict(config.record(), **method.describe(), loss_parts=list(method.logged_parts()),
                       git_commit=git_commit(), torch_version=str(torch.__version__), device=device_name(device),
                       num_classes=info.num_classes, train_images=len(train_split), test_images=len(test_split),
-                      teacher_sha256=sha256_of(config.teacher_path) if method.needs_teacher else None,
-                      **({"teacher_st_sha256": sha256_of(config.teacher_st_path)} if method.needs_natural_teacher
-                         else {}),
+                      **trainee.teacher_record(),  # each teacher file's path and sha256
                       world_size=world.size, batch_norm=batch_norm_scope(config, world))
         print(recipe_line(config), flush=True)
         claimed.enter_context(run.claimed())  # one job per run folder, from here to the end

@@ -2,17 +2,18 @@
 everything a checkpoint saves and a resume restores (`Trainee`)."""
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from methods import Method
 from models import build_model
-from runtime.checkpoints import build_checked, load_weights
+from runtime.checkpoints import build_checked, load_weights, sha256_of
 from runtime.device import capture_rng_state, make_generator, restore_rng_state
 from runtime.errors import UserError
 from runtime.precision import prepare_model
+from teachers import download, zoo
 
 from .schedule import build_optimizer
 from .swa import StudentAverage
@@ -26,16 +27,37 @@ SWA_SEED_OFFSET = 3_000_009  # the BatchNorm pass of the weight average (--swa_s
 def teacher_missing_message(teacher_model: str, teacher_path: str, dataset: str, natural: bool = False) -> str:
     flag, kind, method = ("--teacher_st_path", "naturally trained", "Natural") if natural else \
         ("--teacher_path", "robust", "TRADES")
-    return (f"teacher checkpoint not found: {teacher_path}. Put a {kind} {teacher_model} for "
-            f"{dataset} there or pass {flag}; published teachers and where to download them "
+    published = zoo.entries_for(dataset, teacher_model, "natural" if natural else "adversarial")
+    fetch = ""
+    if published:  # nothing is downloaded unless asked: the message names the flag that does it
+        e = published[0]
+        numbers = f", {e.clean_acc:g}% clean / {e.autoattack_acc:g}% AutoAttack" \
+            if e.clean_acc is not None and e.autoattack_acc is not None else ""
+        fetch = (f"; to fetch the published {dataset} {teacher_model} {e.name}{numbers}, add {flag} {e.source} "
+                 f"--download (README.md lists the zoo)")
+    return (f"teacher checkpoint not found: {teacher_path}{fetch}. {'Or p' if fetch else 'P'}ut a {kind} "
+            f"{teacher_model} for {dataset} there or pass {flag}; published teachers and where to download them "
             f"are listed in checkpoints/README.md, or train one here: python main.py --dataset {dataset} "
             f"--model {teacher_model} --method {method}, then pass its "
             f"{'best_clean_acc_model.pth' if natural else 'best_PGD10_acc_model.pth'} as {flag}")
 
 
 def require_teacher_file(config, natural: bool = False) -> None:
-    path, model, flag = (config.teacher_st_path, config.teacher_st_model, "--teacher_st_path") if natural else \
-        (config.teacher_path, config.teacher_model, "--teacher_path")
+    """The teacher's file is there before any data is read: a zoo teacher is taken from the cache or, with
+    --download, fetched into it (one process at a time: a torchrun job's others wait, then find it cached);
+    a RobustBench model is left to load_teacher; any other path must be a file."""
+    path, model, flag, source = \
+        (config.teacher_st_path, config.teacher_st_model, "--teacher_st_path", config.teacher_st_source) if natural \
+        else (config.teacher_path, config.teacher_model, "--teacher_path", config.teacher_source)
+    parsed = zoo.split_source(source)
+    if parsed is not None and parsed[0] == "robustbench":
+        return
+    if parsed is not None:
+        fetched = download.ensure(zoo.entry(parsed[1], config.dataset, flag=flag), config.download, flag)
+        if os.path.abspath(fetched) != os.path.abspath(path):
+            raise UserError(f"{flag} {source}: the cache moved since the run was configured ({path} vs {fetched}); "
+                            f"keep ADVKD_CACHE the same for the whole run")
+        return
     if os.path.isdir(path):
         raise UserError(f"{flag} {path} is a directory, not a checkpoint file; pass the teacher's .pth file")
     if not os.path.isfile(path):
@@ -47,15 +69,30 @@ def frozen(teacher: nn.Module) -> nn.Module:
     return teacher.eval().requires_grad_(False)
 
 
-def load_teacher(teacher_model: str, teacher_path: str, dataset: str, num_classes: int, device,
-                 natural: bool = False) -> nn.Module:
-    """The teacher with its checkpoint's weights, on `device`, frozen (`natural`: the second teacher)."""
+def load_teacher_and_file(teacher_model: str, teacher_path: str, dataset: str, num_classes: int, device,
+                          natural: bool = False, download: bool = False) -> Tuple[nn.Module, str]:
+    """The teacher with its checkpoint's weights, on `device`, frozen (`natural`: the second teacher), and
+    the file its weights came from (robustbench:NAME: the file robustbench keeps it in, fetched only with
+    `download`)."""
+    if teacher_model.startswith(zoo.ROBUSTBENCH_PREFIX):
+        try:
+            from teachers.robustbench import load_robustbench  # imports robustbench (and torchvision): only here
+        except ImportError as exc:
+            raise UserError(f"{'--teacher_st_path' if natural else '--teacher_path'} {teacher_model} needs "
+                            f"teachers/robustbench.py and the robustbench package ({exc})") from None
+        teacher, file = load_robustbench(teacher_model[len(zoo.ROBUSTBENCH_PREFIX):], dataset, download=download)
+        return frozen(teacher.to(device)), file
     if not os.path.isfile(teacher_path):
         raise UserError(teacher_missing_message(teacher_model, teacher_path, dataset, natural))
     teacher = build_checked(build_model, teacher_model, num_classes,
                             "--teacher_st_model" if natural else "--teacher_model")
     load_weights(teacher, teacher_path, name=f"teacher {teacher_model}", path=teacher_path)
-    return frozen(teacher.to(device))
+    return frozen(teacher.to(device)), teacher_path
+
+
+def load_teacher(teacher_model: str, teacher_path: str, dataset: str, num_classes: int, device,
+                 natural: bool = False, download: bool = False) -> nn.Module:
+    return load_teacher_and_file(teacher_model, teacher_path, dataset, num_classes, device, natural, download)[0]
 
 
 def run_generators(device: torch.device, seed: int) -> Dict[str, torch.Generator]:
@@ -80,6 +117,8 @@ class Trainee:
     natural_teacher: Optional[nn.Module] = None  # AKD's and MTARD's second teacher, frozen
     method: Optional[Method] = None  # whose own state (MTARD's adaptive weights) a resume restores
     average: Optional[StudentAverage] = None  # the student's weight average (--swa_start)
+    teacher_file: Optional[str] = None  # the files the teachers' weights came from (robustbench's for its models)
+    natural_teacher_file: Optional[str] = None
 
     def __post_init__(self):
         if self.trained_student is None:
@@ -90,6 +129,17 @@ class Trainee:
     def distribute(self, world, device: torch.device) -> None:
         """Wrap the trained networks for `world` (a collective: every process calls it)."""
         self.trained_student, self.trained_extra = world.wrap(self.student, device), world.wrap(self.extra, device)
+
+    def teacher_record(self) -> Dict[str, Any]:
+        """config.json's entries for the teachers' files: each path and its sha256, which defines the run (a
+        resume refuses another teacher file); None without a teacher."""
+        record = {"teacher_sha256": sha256_of(self.teacher_file) if self.teacher_file else None}
+        if self.teacher_file:
+            record["teacher_path"] = self.teacher_file
+        if self.natural_teacher_file:
+            record.update(teacher_st_path=self.natural_teacher_file,
+                          teacher_st_sha256=sha256_of(self.natural_teacher_file))
+        return record
 
     def resume_state(self) -> Dict[str, Any]:
         """What last.pth adds to a checkpoint for an exact resume (besides the weights)."""
@@ -117,13 +167,14 @@ def build_trainee(config, method: Method, num_classes: int, device: torch.device
     student = build_checked(build_model, config.model, num_classes, "--model").to(device)
     if sync_bn:
         student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
-    teacher = None
+    teacher = natural_teacher = teacher_file = natural_teacher_file = None
     if method.needs_teacher:
-        teacher = load_teacher(config.teacher_model, config.teacher_path, config.dataset, num_classes, device)
-    natural_teacher = None
+        teacher, teacher_file = load_teacher_and_file(config.teacher_model, config.teacher_path, config.dataset,
+                                                      num_classes, device, download=config.download)
     if method.needs_natural_teacher:
-        natural_teacher = load_teacher(config.teacher_st_model, config.teacher_st_path, config.dataset, num_classes,
-                                       device, natural=True)
+        natural_teacher, natural_teacher_file = load_teacher_and_file(
+            config.teacher_st_model, config.teacher_st_path, config.dataset, num_classes, device, natural=True,
+            download=config.download)
     extra = method.extra_module(student, teacher)
     params = list(student.parameters())
     if extra is not None:
@@ -137,4 +188,4 @@ def build_trainee(config, method: Method, num_classes: int, device: torch.device
     for network in (student, teacher, natural_teacher, extra):  # extra: e.g. PeerAiD's peer, a network too
         prepare_model(network, config.channels_last, config.compile)
     return Trainee(student, teacher, extra, optimizer, generators, natural_teacher=natural_teacher, method=method,
-                   average=average)
+                   average=average, teacher_file=teacher_file, natural_teacher_file=natural_teacher_file)
