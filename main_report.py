@@ -1,5 +1,5 @@
 """Tables and figures from run folders: python main_report.py checkpoints/reproduce/cifar10-mini --out report
-(see README, Reproducing a table)."""
+(see docs/reproducing.md)."""
 import sys
 
 try:

@@ -1,4 +1,4 @@
-"""Reproduce a table end to end: python reproduce.py --preset cifar10-mini (see README, Reproducing a table)."""
+"""Reproduce a table end to end: python reproduce.py --preset cifar10-mini (see docs/reproducing.md)."""
 import sys
 
 try:

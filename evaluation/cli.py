@@ -45,7 +45,7 @@ def build_parser(defaults: Dict, description: str) -> argparse.ArgumentParser:
     p.add_argument("--model_path", required=True,
                    help="checkpoint: a state dict, or a dict holding one under 'net', 'state_dict' or 'model'; "
                         "'module.'/'model.' key prefixes are accepted; zoo:NAME: a teacher of the zoo by name (in "
-                        "the cache, or fetched with --download; README: 'Teachers by name')")
+                        "the cache, or fetched with --download; docs/teachers.md)")
     p.add_argument("--protocol", default="paper", choices=sorted(PROTOCOLS),
                    help="; ".join(f"{p.name}: {p.description}" for p in PROTOCOLS.values()))
     p.add_argument("--attacks", nargs="+", default=None,

@@ -113,7 +113,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 raise UserError(f"the preset's teacher checkpoint {teacher} is missing: put a robust "
                                 f"{preset.teacher.model} there (published teachers: checkpoints/README.md)")
             if not os.path.isdir(args.data_dir):
-                raise UserError(f"--data_dir {args.data_dir} is not a folder; see README, Data")
+                raise UserError(f"--data_dir {args.data_dir} is not a folder; see docs/training.md, Data")
             left = still_running(jobs_folder)
             if left:
                 raise UserError(left)

@@ -153,11 +153,11 @@ def entry(name: str, dataset: str, threat: str = "Linf", flag: str = "--teacher_
             close_names(name, sorted({e.name for e in entries}))
         raise UserError(f"{flag} {ZOO_PREFIX}{name}: no such teacher in the zoo"
                         + (f"; did you mean {', '.join(ZOO_PREFIX + n for n in close)}?" if close else "")
-                        + f" (README.md and docs/teachers.md list the {dataset} teachers)")
+                        + f" (docs/teachers.md lists the {dataset} teachers)")
     found = [e for e in same_name if e.dataset == dataset]
     if not found:
         others = " and ".join(sorted({e.dataset for e in same_name}))
-        instead = f"a {dataset} teacher (README.md lists them)" if any(e.dataset == dataset for e in entries) else \
+        instead = f"a {dataset} teacher (docs/teachers.md lists them)" if any(e.dataset == dataset for e in entries) else \
             f"a {dataset} teacher file (the zoo has none: checkpoints/README.md says how to train one)"
         raise UserError(f"{flag} {ZOO_PREFIX}{name} is a teacher for {others}, not --dataset {dataset}: pass "
                         f"--dataset {same_name[0].dataset}, or {instead}")

@@ -98,7 +98,7 @@ def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentPars
     g.add_argument("--model", default="resnet18", help=f"student: {', '.join(model_names())}")
     g.add_argument("--method", default="DGAD",
                    help=f"one of: {', '.join(method_names())} (VarGap is an approximate re-implementation "
-                        f"from its paper's abstract; see README)")
+                        f"from its paper's abstract; see docs/methods.md §4)")
     # None: not given (a zoo: or robustbench: --teacher_path sets it; an explicit conflicting one is refused).
     g.add_argument("--teacher_model", default=None,
                    help=f"teacher architecture (default {prog_defaults['teacher_model']}; a zoo: or robustbench: "
@@ -106,8 +106,8 @@ def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentPars
     p.set_defaults(default_teacher_model=prog_defaults["teacher_model"])
     g.add_argument("--teacher_path", default=None,
                    help="teacher checkpoint (default checkpoints/teachers/<dataset>/<teacher_model>.pth); "
-                        "zoo:NAME: a teacher of the zoo by name, fetched into the cache with --download (README: "
-                        "'Teachers by name'); robustbench:NAME: any RobustBench model of --dataset")
+                        "zoo:NAME: a teacher of the zoo by name, fetched into the cache with --download "
+                        "(docs/teachers.md); robustbench:NAME: any RobustBench model of --dataset")
     g.add_argument("--teacher_st_model", default=None,
                    help="the naturally trained second teacher of AKD and MTARD (default: each method's)")
     g.add_argument("--teacher_st_path", default=None,
@@ -138,8 +138,7 @@ def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentPars
 
     g = p.add_argument_group("recipe (each value below marked 'recipe' comes from it unless given)")
     g.add_argument("--recipe", default="released", choices=RECIPE_NAMES,
-                   help="'released': the recipe of the method's released code (README: 'Each method trains as its "
-                        "released code does'); 'dgad-paper': "
+                   help="'released': the recipe of the method's released code (docs/methods.md §9); 'dgad-paper': "
                         "the DGAD paper's common setting for every method (200 epochs, x0.1 after 100 and 150, "
                         "weight decay 5e-4, epsilon 8, step 2, bs 128)")
 

@@ -34,7 +34,7 @@ def teacher_missing_message(teacher_model: str, teacher_path: str, dataset: str,
         numbers = f", {e.clean_acc:g}% clean / {e.autoattack_acc:g}% AutoAttack" \
             if e.clean_acc is not None and e.autoattack_acc is not None else ""
         fetch = (f"; to fetch the published {dataset} {teacher_model} {e.name}{numbers}, add {flag} {e.source} "
-                 f"--download (README.md lists the zoo)")
+                 f"--download (docs/teachers.md lists the zoo)")
     return (f"teacher checkpoint not found: {teacher_path}{fetch}. {'Or p' if fetch else 'P'}ut a {kind} "
             f"{teacher_model} for {dataset} there or pass {flag}; published teachers and where to download them "
             f"are listed in checkpoints/README.md, or train one here: python main.py --dataset {dataset} "
