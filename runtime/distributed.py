@@ -7,6 +7,7 @@ this process alone and every collective below is the identity: the single-proces
 distributed code at all.
 """
 import datetime
+import inspect
 import os
 import re
 import sys
@@ -19,6 +20,13 @@ import torch.nn as nn
 
 from . import errors, progress
 from .errors import UserError
+
+
+def ddp_buffer_sync_off(ddp_class=nn.parallel.DistributedDataParallel) -> dict:
+    """DistributedDataParallel's keyword that stops its buffer broadcast at every forward: torch 2.13 renamed
+    `broadcast_buffers` (deprecated since) to `forward_sync_buffers`, and GPU machines still run older torch."""
+    renamed = "forward_sync_buffers" in inspect.signature(ddp_class.__init__).parameters
+    return {"forward_sync_buffers" if renamed else "broadcast_buffers": False}
 
 
 class JobError(UserError):
@@ -66,7 +74,7 @@ class World:
         if module is None or not self.distributed:
             return module
         device_ids = [device.index] if device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(module, device_ids=device_ids, forward_sync_buffers=False)
+        return nn.parallel.DistributedDataParallel(module, device_ids=device_ids, **ddp_buffer_sync_off())
 
     def gather_rows(self, local: torch.Tensor, rows: Tuple[int, int, int]) -> torch.Tensor:
         """The whole batch's tensor from each process's rows (`data.Shard`), on every process.

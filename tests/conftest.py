@@ -18,7 +18,7 @@ torch.set_num_threads(max(1, min(2, int(os.environ.get("OMP_NUM_THREADS", "2")))
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if "real_data_dir" in getattr(item, "fixturenames", ()):
+        if {"real_data_dir", "cifar10_data_dir"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
 
@@ -43,3 +43,15 @@ def small_teacher(tmp_path_factory):
     torch.manual_seed(0)
     torch.save({"net": build_model("wideresnet10_1", 10).state_dict()}, path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def cifar10_data_dir(request):
+    """A folder holding cifar-10-batches-py/: $ADVKD_CIFAR10_DIR when set (benchmarks/gpu_check.py unpacks one on a
+    machine without ../shared), else real_data_dir's."""
+    folder = os.environ.get("ADVKD_CIFAR10_DIR")
+    if folder:
+        if not os.path.isfile(os.path.join(folder, "cifar-10-batches-py", "batches.meta")):
+            pytest.fail(f"ADVKD_CIFAR10_DIR={folder} holds no cifar-10-batches-py/ (unpack it with prepare.py)")
+        return folder
+    return request.getfixturevalue("real_data_dir")

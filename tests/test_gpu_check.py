@@ -1,0 +1,200 @@
+"""benchmarks/gpu_check.py, the one command of a GPU lease: its --tiny mode end to end on the CPU from a packed
+CIFAR-10 (so the script cannot rot between leases), a failing and a hanging stage recorded while the rest runs,
+what it reads back from pytest, bench.py and main.py, and its input errors."""
+import io
+import json
+import os
+import shutil
+import tarfile
+import time
+
+import numpy as np
+import pytest
+
+from benchmarks import gpu_check
+from conftest import SHARED_DATA
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+MAX_FILES, MAX_BYTES = 8, 16 * 2 ** 20  # what a lease brings back from its $OUT
+
+
+def packed_cifar10(folder, train_per_class=5, test_per_class=2, prepare=None):
+    """cifar10-jpeg.tar.gz in ../shared/data's layout (random JPEGs) beside a prepare.py (the real one by default)."""
+    from PIL import Image
+    os.makedirs(folder, exist_ok=True)
+    generator = np.random.default_rng(0)
+    with tarfile.open(os.path.join(folder, "cifar10-jpeg.tar.gz"), "w:gz") as tar:
+        for split, count in (("train", train_per_class), ("test", test_per_class)):
+            for name in CLASSES:
+                for i in range(count):
+                    blob = io.BytesIO()
+                    Image.fromarray(generator.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(blob, "JPEG")
+                    info = tarfile.TarInfo(f"cifar10-jpeg/{split}/{name}/{i:04d}.jpg")
+                    info.size = len(blob.getvalue())
+                    tar.addfile(info, io.BytesIO(blob.getvalue()))
+    if prepare is None:
+        source = os.path.join(SHARED_DATA, "prepare.py")
+        if not os.path.isfile(source):
+            pytest.skip(f"needs {source} (the shared/ folder beside the checkout)")
+        shutil.copy(source, folder)
+    else:
+        with open(os.path.join(folder, "prepare.py"), "w") as f:
+            f.write(prepare)
+    return str(folder)
+
+
+def run_check(*args, timeout=900):
+    from helpers import run_script
+    return run_script(os.path.join("benchmarks", "gpu_check.py"), *args, timeout=timeout)
+
+
+def assert_fits_a_lease(out):
+    files = os.listdir(out)
+    assert len(files) <= MAX_FILES and all(os.path.getsize(os.path.join(out, f)) < MAX_BYTES for f in files), files
+
+
+@pytest.mark.slow  # subprocesses: every stage, on the CPU
+def test_tiny_mode_runs_every_stage_on_the_cpu(tmp_path):
+    data = packed_cifar10(tmp_path / "data")
+    out = tmp_path / "out"
+    result = run_check(data, str(out), "--tiny", "--work_dir", str(tmp_path / "work"))
+    summary = json.loads((out / "summary.json").read_text())
+    statuses = {s["name"]: s["status"] for s in summary["stages"]}
+    assert result.returncode == 0, (statuses, result.stdout[-3000:])
+    assert [s["name"] for s in summary["stages"]] == [s.name for s in gpu_check.stages_for(gpu_check.TINY)]
+    assert statuses.pop("bench_wideresnet10_1_bf16_channels_last_compile") == "skipped"
+    assert set(statuses.values()) == {"passed"}, statuses
+    assert summary["environment"]["cuda_available"] is False and summary["tiny"] is True
+    assert summary["command"].startswith("python3 benchmarks/gpu_check.py ") and "--tiny" in summary["command"]
+    tier = summary["gpu_tier"]  # every test of the tier is skipped with its reason on the CPU
+    assert tier["counts"]["skipped"] == len(tier["tests"]) > 40 and tier["counts"]["failed"] == 0
+    assert sum("test_gpu::" in test or "test_gpu." in test for test in tier["tests"]) > 40  # and any other module's
+    assert set(summary["bench"]) == {"bench_wideresnet10_1_fp32", "bench_wideresnet10_1_bf16_channels_last",
+                                     "bench_wideresnet16_1_fp32", "bench_wideresnet16_1_bf16_channels_last"}
+    fp32, bf16 = (summary["bench"][f"bench_wideresnet10_1_{variant}"] for variant in ("fp32", "bf16_channels_last"))
+    assert set(fp32["paths"]) == {"ours", "plain"} and set(bf16["paths"]) == {"ours"}
+    assert bf16["paths"]["ours"]["precision"] == "bf16" and bf16["paths"]["ours"]["channels_last"] is True
+    assert set(bf16["peak_tflops"]) == {"fp32", "bf16"}  # the MFU's peak, measured at the run's precision
+    epoch = summary["epoch"]
+    assert epoch["train_images"] == 50 and epoch["precision"] == "bf16" and epoch["channels_last"] is True
+    assert 0 < epoch["seconds_per_epoch_training_only"] < epoch["seconds_per_epoch_with_evaluation"]
+    assert sorted(os.listdir(out)) == ["bench.log", "epoch.log", "gpu_check.log", "gpu_tier.log", "summary.json"]
+    assert_fits_a_lease(out)
+    assert "epoch (50 images, bf16)" in result.stdout and "gpu tier: 0 passed, 0 failed" in result.stdout
+
+
+@pytest.mark.slow  # subprocesses (a script of a few lines)
+def test_a_failing_stage_is_recorded_and_the_next_ones_run_or_are_skipped_with_the_reason(tmp_path):
+    data = packed_cifar10(tmp_path / "data", 1, 1, prepare="import sys\nprint('no space left')\nsys.exit(3)\n")
+    out = tmp_path / "out"
+    result = run_check(data, str(out), "--tiny", "--stages", "environment,epoch", "--work_dir", str(tmp_path / "w"))
+    assert result.returncode == 1
+    stages = {s["name"]: s for s in json.loads((out / "summary.json").read_text())["stages"]}
+    assert stages["environment"]["status"] == "passed"
+    assert stages["data"]["status"] == "failed" and stages["data"]["returncode"] == 3
+    assert "no space left" in stages["data"]["tail"]
+    assert stages["epoch"] == {"name": "epoch", "status": "skipped", "reason": "no CIFAR-10: the data stage failed"}
+    assert stages["gpu_tier"]["reason"] == "not in --stages"
+
+
+@pytest.mark.slow  # subprocesses (a script that hangs)
+def test_a_stage_that_outlives_the_budget_is_killed_with_its_children(tmp_path):
+    hang = ("import subprocess, sys, time\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+            "open(sys.argv[1] + '.child', 'w').write(str(child.pid))\n"
+            "time.sleep(600)\n")
+    data = packed_cifar10(tmp_path / "data", 1, 1, prepare=hang)
+    out, start = tmp_path / "out", time.time()
+    result = run_check(data, str(out), "--tiny", "--budget", "8", "--work_dir", str(tmp_path / "w"))
+    assert result.returncode == 1 and time.time() - start < 60
+    stages = {s["name"]: s for s in json.loads((out / "summary.json").read_text())["stages"]}
+    assert stages["data"]["status"] == "timed out"
+    assert all(s["status"] == "skipped" for name, s in stages.items() if name not in ("environment", "data"))
+    child = int((tmp_path / "w" / "data.child").read_text())
+    time.sleep(0.5)
+    assert not os.path.exists(f"/proc/{child}") or "Z" in open(f"/proc/{child}/stat").read().split()[2]
+
+
+def test_stages_that_cannot_fit_the_budget_are_skipped_in_order(tmp_path, capsys):
+    prepared = tmp_path / "data"
+    (prepared / "cifar-10-batches-py").mkdir(parents=True)
+    (prepared / "cifar-10-batches-py" / "batches.meta").write_bytes(b"")
+    out = tmp_path / "out"
+    assert gpu_check.main([str(prepared), str(out), "--budget", "1", "--work_dir", str(tmp_path / "w")]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    stages = {s["name"]: s for s in summary["stages"]}
+    assert [s["name"] for s in summary["stages"]] == [s.name for s in gpu_check.stages_for(gpu_check.FULL)]
+    assert stages.pop("data") == {"name": "data", "status": "passed", "data_dir": str(prepared), "unpacked": False}
+    assert all(s["status"] == "skipped" and "of the budget left" in s["reason"] for s in stages.values())
+    assert "bench_resnet18_bf16_channels_last_compile" in stages and "bench_mobilenetV2_fp32" in stages
+    assert "gpu_check: 9 stages" in capsys.readouterr().out
+    assert_fits_a_lease(out)
+
+
+def test_the_full_scale_times_the_issues_configurations():
+    names = [s.name for s in gpu_check.stages_for(gpu_check.FULL)]
+    assert names == ["environment", "data", "bench_resnet18_fp32", "bench_resnet18_bf16_channels_last", "epoch",
+                     "gpu_tier", "bench_mobilenetV2_fp32", "bench_mobilenetV2_bf16_channels_last",
+                     "bench_resnet18_bf16_channels_last_compile"]
+    assert gpu_check.FULL.pairs == (("resnet18", "wideresnet34_10"), ("mobilenetV2", "wideresnet34_10"))
+    assert "--bs" in gpu_check.FULL.bench_flags and gpu_check.FULL.bench_flags[1] == "128"
+    assert gpu_check.FULL.budget <= 480  # the issue's 8 minutes
+
+
+def test_junit_outcomes_counts_each_test_and_keeps_each_failures_first_line(tmp_path):
+    path = tmp_path / "junit.xml"
+    path.write_text('<testsuites><testsuite name="pytest">'
+                    '<testcase classname="tests.test_gpu" name="test_a"/>'
+                    '<testcase classname="tests.test_gpu" name="test_b"><failure message="assert 1 == 2&#10;more">'
+                    'trace</failure></testcase>'
+                    '<testcase classname="tests.test_gpu" name="test_c"><skipped message="needs a CUDA GPU"/>'
+                    '</testcase>'
+                    '<testcase classname="tests.test_gpu" name="test_d"><error message="fixture broke"/></testcase>'
+                    '</testsuite></testsuites>')
+    outcomes = gpu_check.junit_outcomes(str(path))
+    assert outcomes["counts"] == {"passed": 1, "failed": 1, "error": 1, "skipped": 1}
+    assert outcomes["tests"]["tests.test_gpu::test_c"] == "skipped"
+    assert outcomes["failures"] == {"tests.test_gpu::test_b": "assert 1 == 2",
+                                    "tests.test_gpu::test_d": "fixture broke"}
+
+
+def test_epoch_figures_split_the_evaluation_from_the_training(tmp_path):
+    (tmp_path / "results.csv").write_text("epoch,epoch_seconds,images_per_second,train_loss\n1,60.0,1000.0,2.1\n")
+    (tmp_path / "config.json").write_text(json.dumps({"train_images": 50000, "test_images": 10000,
+                                                      "device": "cuda:0 (NVIDIA H200)", "precision": "bf16",
+                                                      "channels_last": True}))
+    figures = gpu_check.epoch_figures(str(tmp_path))
+    assert figures["seconds_per_epoch_training_only"] == 50.0 and figures["evaluation_seconds"] == 10.0
+    assert figures["seconds_per_epoch_with_evaluation"] == 60.0 and figures["device"] == "cuda:0 (NVIDIA H200)"
+
+
+def test_a_log_is_cut_to_its_end_under_the_lease_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "LOG_LIMIT", 10)
+    path = tmp_path / "log"
+    path.write_bytes(b"0123456789abcdefghij")
+    gpu_check.keep_under_limit(str(path))
+    assert path.read_bytes().endswith(b"\nabcdefghij") and path.read_bytes().startswith(b"[earlier output cut")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["{missing}", "{out}"], "is not a folder"),
+    (["{empty}", "{out}"], "holds neither cifar-10-batches-py/ nor cifar10-jpeg.tar.gz"),
+    (["{packed}", "{out}", "--stages", "gpu_tier,warp"], "--stages warp: no such stage"),
+    (["{packed}", "{out}", "--budget", "0"], "--budget must be > 0"),
+    (["{packed}", "{file}/out"], "cannot create OUT_DIR"),
+    (["{packed}", "{out}", "--fast"], "unrecognized arguments: --fast"),
+])
+def test_input_errors_are_one_line(tmp_path, capsys, args, needle):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "packed").mkdir()
+    for name in ("prepare.py", "cifar10-jpeg.tar.gz"):
+        (tmp_path / "packed" / name).write_text("")
+    (tmp_path / "file").write_text("")
+    places = {k: str(tmp_path / k) for k in ("missing", "empty", "packed", "out", "file")}
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_check.main([a.format(**places) for a in args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+    assert not (tmp_path / "out").exists()
+
