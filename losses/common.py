@@ -14,6 +14,13 @@ def kl_mean_entries(target_logits: torch.Tensor, logits: torch.Tensor, temperatu
     return kl_rows(target_logits, logits, temperature).sum() / logits.numel()
 
 
+def kl_entries_eps(target_logits: torch.Tensor, logits: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """The KL of the MTARD, Fair-ARD and ABSLD code, entry by entry: p (log(p + eps) - log q), p = softmax(target),
+    q = softmax(logits), shape (N, C) (the eps keeps log p finite; it is a constant for the student)."""
+    p = F.softmax(target_logits.detach(), dim=1)
+    return p * (torch.log(p + eps) - F.log_softmax(logits, dim=1))
+
+
 def kl_batchmean(target_logits: torch.Tensor, logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """KL summed over classes, averaged over samples."""
     return kl_rows(target_logits, logits, temperature).mean()

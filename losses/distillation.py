@@ -11,7 +11,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .common import kl_batchmean, kl_mean_entries, kl_rows
+from .common import kl_batchmean, kl_entries_eps, kl_mean_entries, kl_rows
 
 KL_REDUCTIONS = ("entries", "batchmean")
 
@@ -114,8 +114,7 @@ def akd_terms(s_adv: torch.Tensor, t_adv: torch.Tensor, n_adv: torch.Tensor, y: 
 def kl_mean_entries_eps(target_logits: torch.Tensor, logits: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """MTARD's own KL: the mean over the N*C entries of p (log(p + eps) - log q), p = softmax(target),
     q = softmax(logits) (the eps keeps log p finite)."""
-    p = F.softmax(target_logits.detach(), dim=1)
-    return (p * (torch.log(p + eps) - F.log_softmax(logits, dim=1))).mean()
+    return kl_entries_eps(target_logits, logits, eps).mean()
 
 
 def mtard_weight_update(w_nat: torch.Tensor, kl_adv: torch.Tensor, kl_nat: torch.Tensor, first_adv: torch.Tensor,
@@ -136,8 +135,14 @@ def mtard_terms(s_clean: torch.Tensor, s_adv: torch.Tensor, t_adv: torch.Tensor,
     (`mtard_weight_update`; `first_*` None: this is the run's first batch, whose losses become the
     references). Parts 'kl_adv', 'kl_nat' (scaled, before the weights) and 'w_adv'; the state for the next
     batch (float64) under 'next_w_nat', 'first_adv', 'first_nat'."""
-    kl_adv = scale * kl_mean_entries_eps(t_adv, s_adv)
-    kl_nat = scale * kl_mean_entries_eps(n_clean, s_clean)
+    return mtard_mixture(scale * kl_mean_entries_eps(t_adv, s_adv), scale * kl_mean_entries_eps(n_clean, s_clean),
+                         w_nat, first_adv, first_nat, rate, power)
+
+
+def mtard_mixture(kl_adv: torch.Tensor, kl_nat: torch.Tensor, w_nat: torch.Tensor, first_adv: Optional[torch.Tensor],
+                  first_nat: Optional[torch.Tensor], rate: float, power: float = 1.0) -> Dict[str, torch.Tensor]:
+    """MTARD's adaptive mix of its two losses (`mtard_terms`; Fair-MTARD's are weighted by class): the weights moved
+    by this batch's losses, then w_adv kl_adv + w_nat kl_nat, with the parts and the next state of `mtard_terms`."""
     if first_adv is None:
         first_adv, first_nat = kl_adv.detach().double(), kl_nat.detach().double()
     w_nat = mtard_weight_update(w_nat, kl_adv, kl_nat, first_adv, first_nat, rate, power)

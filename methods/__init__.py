@@ -4,6 +4,7 @@ from .adversarial_training import PGDAT, TRADES, Natural
 from .base import AttackSpec, Budget, Method, Option, StepOutputs, attack_target, forward, training_step
 from .dgad import DGAD
 from .distillation import ARD, IAD, RSLAD, AdaAD, AdaIAD
+from .fairness import ABSLD, FairARD, FairIAD, FairMTARD, FairRSLAD
 from .igdm import IGDM
 from .multi_teacher import AKD, MTARD
 from .peeraid import PeerAiD
@@ -12,7 +13,7 @@ from .registry import MethodTable
 from .vargap import VarGap
 
 METHODS = MethodTable([Natural, PGDAT, TRADES, ARD, IAD, RSLAD, AKD, AdaAD, AdaIAD, MTARD, IGDM, PeerAiD, SAAD,
-                       DGAD, VarGap])
+                       FairARD, FairIAD, FairRSLAD, FairMTARD, ABSLD, DGAD, VarGap])
 get_method = METHODS.get
 method_names = METHODS.names
 all_options = METHODS.all_options

@@ -162,6 +162,10 @@ class Method:
         """The second teacher's architecture when --teacher_st_model is not given."""
         return None
 
+    def begin_step(self, epoch: int) -> None:
+        """Called at the start of every training step, before the attack: a method whose state changes between
+        epochs (ABSLD's temperatures, the Fair methods' class weights) brings it to `epoch` here."""
+
     def state_dict(self) -> Dict[str, Any]:
         """What the method itself learns during a run (MTARD's adaptive weights): saved in last.pth."""
         return {}
@@ -273,6 +277,7 @@ def training_step(method: Method, student: nn.Module, teacher: Optional[nn.Modul
     autocast = autocast or contextlib.nullcontext
     trained_student = student if trained_student is None else trained_student
     out = StepOutputs(y=y, epoch=epoch, extra=extra)
+    method.begin_step(epoch)
     sequence, features = method.passes(epoch), method.with_features
     x_adv = x
     if method.attack is not None:

@@ -107,11 +107,15 @@ class MTARD(Method):
         if self.w_nat is None:
             self.w_nat = torch.full((), 0.5, dtype=torch.float64, device=out.s_adv.device)
         first_adv, first_nat = self.first if self.first is not None else (None, None)
-        terms = mtard_terms(out.s_clean, out.s_adv, out.t_adv, out.n_clean, self.w_nat, first_adv, first_nat,
-                            rate=self.rate_at(out.epoch), power=self.power, scale=self.scale)
+        terms = self.mixed_terms(out, first_adv, first_nat)
         self.w_nat = terms.pop("next_w_nat")
         self.first = (terms.pop("first_adv"), terms.pop("first_nat"))
         return terms
+
+    def mixed_terms(self, out, first_adv, first_nat) -> Dict[str, torch.Tensor]:
+        """This batch's terms, with the weights moved by its losses (`mtard_terms`; Fair-MTARD weighs them by class)."""
+        return mtard_terms(out.s_clean, out.s_adv, out.t_adv, out.n_clean, self.w_nat, first_adv, first_nat,
+                           rate=self.rate_at(out.epoch), power=self.power, scale=self.scale)
 
     def state_dict(self) -> Dict[str, Any]:
         if self.w_nat is None:

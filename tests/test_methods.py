@@ -347,7 +347,7 @@ def test_shared_option_names_keep_each_methods_default():
     assert config("RSLAD").options["kl_reduction"] == "authors"
     assert "kl_reduction" not in config("TRADES").options
     help_text = " ".join(build_parser(CIFAR_DEFAULTS, "test").format_help().split())
-    assert "[ARD: 30.0, IAD: 1.0, AKD: 1.0, AdaIAD: 30.0]" in help_text and "[TRADES: 6.0]" in help_text
+    assert "[ARD: 30.0, IAD: 1.0, AKD: 1.0, AdaIAD: 30.0, Fair-ARD: 30.0, Fair-IAD: 1.0]" in help_text and "[TRADES: 6.0]" in help_text
     assert "(default: None)" not in help_text
 
 
@@ -540,7 +540,8 @@ def test_mobilenet_authors_expression_only_with_pcr_on_cifar():
 
 def test_the_table_lists_every_method_in_help_order_and_refuses_a_name_twice():
     assert method_names() == ["Natural", "PGDAT", "TRADES", "ARD", "IAD", "RSLAD", "AKD", "AdaAD", "AdaIAD", "MTARD",
-                              "IGDM", "PeerAiD", "SAAD", "DGAD", "VarGap"]
+                              "IGDM", "PeerAiD", "SAAD", "Fair-ARD", "Fair-IAD", "Fair-RSLAD", "Fair-MTARD", "ABSLD",
+                              "DGAD", "VarGap"]
     with pytest.raises(ValueError, match="'DGAD' is registered twice"):
         METHODS.register(type("Again", (Method,), {"name": "DGAD"}))
     with pytest.raises(ValueError, match="'X' is registered twice"):
