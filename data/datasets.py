@@ -10,6 +10,8 @@ import numpy as np
 
 from runtime.errors import UserError
 
+from .classes import tiny_imagenet_wnids
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -141,8 +143,7 @@ def load_tiny_imagenet(data_dir: str, split: str, limit: int = 0) -> Tuple[np.nd
     if not os.path.isfile(wnids_path):
         raise UserError(f"Tiny ImageNet not found: expected {wnids_path} (the standard tiny-imagenet-200 layout); "
                         f"point --data_dir at the folder that holds tiny-imagenet-200/")
-    with open(wnids_path) as f:
-        wnids = sorted(line.strip() for line in f if line.strip())
+    wnids = tiny_imagenet_wnids(wnids_path)
     index = {w: i for i, w in enumerate(wnids)}
     items = []
     if split == "train":

@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from attacks import PAPER_CW_L2
 from data import DEFAULT_DATA_DIR, Split, dataset_info, load_split
+from data.classes import class_names
 from models import build_model, is_known_model, model_names
 from runtime.checkpoints import atomic_write_json, build_checked, load_weights, safe_load, sha256_of
 from runtime.device import device_name, git_commit, resolve_device, seed_everything
@@ -25,12 +26,13 @@ from runtime.help import HelpFormatter
 from runtime.progress import Progress
 from teachers import download, zoo
 
-from .accuracy import FeatureMoments, attack_accuracy
+from .accuracy import ClassCounts, FeatureMoments, attack_accuracy
 from .autoattack import pyautoattack_version
 from .checks import Inspected, buffers_of, model_checks, ordering_warnings
+from .per_class import summary as class_summary
 from .protocols import L2_ATTACKS, PROTOCOLS, TITLES, attack_settings, build_attack, parse_attacks
 from .report import (REPORT_FORMAT, check_radius, existing_report, format_table, radius_key,
-                     refuse_to_replace_a_checkpoint, report_to_extend)
+                     refuse_to_replace_a_checkpoint, report_to_extend, worst_class_text)
 
 EPS_SLACK = 1e-6    # float32 rounding of x + delta
 SEED_LIMIT = 2**64  # torch.manual_seed takes 0..2**64-1 (negative seeds are refused by some torch versions)
@@ -187,7 +189,7 @@ def load_model(cfg, num_classes: int) -> Tuple[nn.Module, Dict]:
 # -- running ---------------------------------------------------------------------------------------
 
 def run_attack(name: str, eps_255: float, model: nn.Module, split: Split, cfg, device,
-               moments: Optional[FeatureMoments]):
+               moments: Optional[FeatureMoments], names: Sequence[str]):
     eps = eps_255 / 255
     attack = build_attack(name, eps, cfg.seed, device, cw_c=cfg.coeff)
     inspected = Inspected(attack) if attack is not None else None
@@ -196,8 +198,9 @@ def run_attack(name: str, eps_255: float, model: nn.Module, split: Split, cfg, d
     with Progress(len(split), title) as progress:
         if name == "aa":  # one batch can take many minutes: say which of its attacks is running
             attack.on_stage = lambda stage: progress.note(f"batch at {progress.done}: running {stage}")
+        classes = ClassCounts()  # from the same predictions: worst-class robustness costs no extra pass
         accuracy = attack_accuracy(model, split, cfg.bs, attack=inspected, progress=progress.update,
-                                   moments=moments)
+                                   moments=moments, per_class=classes)
     seconds = time.perf_counter() - start
     params = attack_settings(name, eps, cfg.seed, cfg.bs, cw_c=cfg.coeff)
     if name == "aa":
@@ -205,6 +208,7 @@ def run_attack(name: str, eps_255: float, model: nn.Module, split: Split, cfg, d
     entry = {"attack": TITLES[name], "protocol": cfg.protocol, "accuracy": round(accuracy, 4),
              "correct": int(round(accuracy * len(split) / 100)), "n": len(split), "seconds": round(seconds, 3),
              "params": params, "evaluated_at": now()}
+    entry.update(class_summary(*classes.counts(), names))
     entry.update(inspected.summary() if inspected is not None else {})
     problems = []
     if inspected is not None:
@@ -214,6 +218,14 @@ def run_attack(name: str, eps_255: float, model: nn.Module, split: Split, cfg, d
         if name not in L2_ATTACKS and entry["max_linf_perturbation"] > eps + EPS_SLACK:
             problems.append(f"{TITLES[name]} exceeded eps: L-inf {entry['max_linf_perturbation']:.6f} > {eps:.6f}")
     return entry, problems, attack
+
+
+def named(entry: Dict, names: Sequence[str]) -> Dict:
+    """A result kept from the report being extended, its worst class named as this run names the classes (the
+    report holds one list of class names; Tiny ImageNet's come from the --data_dir's words.txt)."""
+    if entry.get("per_class") is None:
+        return entry  # written before per-class counts existed: shown as not recorded
+    return dict(entry, **class_summary(entry["per_class"]["correct"], entry["per_class"]["n"], names))
 
 
 def now() -> str:
@@ -230,9 +242,12 @@ def evaluate(cfg) -> Dict:
     seed_everything(cfg.seed)
     split = load_split(cfg.dataset, cfg.data_dir, "test", device, cfg.n_ex, cfg.download, subset_flag="--n_ex")
     identity["n_examples"] = len(split)
+    names = class_names(cfg.dataset, info.num_classes, cfg.data_dir)
     split_name = "val" if cfg.dataset == "Tiny_Image" else "test"  # Tiny ImageNet's labelled held-out set
     previous = report_to_extend(cfg, identity, sha256)
-    radii = dict(previous.get("radii", {}))  # radii evaluated before and not now are kept whole
+    # Radii evaluated before and not now are kept whole, their worst classes named as this run names the classes.
+    radii = {key: dict(radius, results={n: named(e, names) for n, e in radius["results"].items()})
+             for key, radius in previous.get("radii", {}).items()}
     for eps_255 in cfg.radii:
         kept = radii.get(radius_key(eps_255), {})
         radii[radius_key(eps_255)] = {
@@ -245,7 +260,7 @@ def evaluate(cfg) -> Dict:
     report = dict(identity)
     report.update({
         "format": REPORT_FORMAT, "complete": False, "protocol_description": protocol.description,
-        "num_classes": info.num_classes, "split": split_name,
+        "num_classes": info.num_classes, "class_names": names, "split": split_name,
         "batch_size": cfg.bs, "seed": cfg.seed, "labels": {"method": cfg.method, "teacher_model": cfg.teacher_model},
         "checkpoint": dict(path=os.path.abspath(cfg.model_path), sha256=sha256, **checkpoint_meta,
                            **({"source": cfg.model_source} if getattr(cfg, "model_source", None) else {})),
@@ -286,7 +301,7 @@ def evaluate(cfg) -> Dict:
     for name, eps_255 in jobs:
         adv_moments = FeatureMoments() if name == protocol.pgd and clean_moments is not None else None
         moments = clean_moments if name == "natural" else adv_moments
-        entry, problems, attack = run_attack(name, eps_255, model, split, cfg, device, moments)
+        entry, problems, attack = run_attack(name, eps_255, model, split, cfg, device, moments, names)
         if any(m.training for m in model.modules()):
             problems.append(f"the model was left in train mode after {TITLES[name]}")
             checks["eval_mode"] = False
@@ -295,7 +310,8 @@ def evaluate(cfg) -> Dict:
             radii[radius_key(radius)]["results"][name] = entry
         warnings += problems
         at = "" if name == "natural" else f" at {eps_255:g}/255"
-        line = f"{entry['attack'] + at:<18} {entry['accuracy']:6.2f}%  ({len(split)} images, {entry['seconds']:.1f}s)"
+        line = (f"{entry['attack'] + at:<18} {entry['accuracy']:6.2f}%  ({len(split)} images, {entry['seconds']:.1f}s)"
+                f"; {worst_class_text(entry)}")
         if name == "aa":
             described = attack.describe()
             line += (f"  [pyautoattack {described['pyautoattack_version']}, version='{described['version']}', "

@@ -6,6 +6,7 @@ from typing import Dict, Optional, Sequence
 
 from runtime.errors import UserError, require_255_units
 
+from .per_class import check_per_class
 from .protocols import PROTOCOLS
 
 REPORT_FORMAT = "advkd-eval/2"  # /2: results per radius, under "radii"
@@ -82,6 +83,13 @@ def check_report(report) -> Dict:
     need(isinstance(checkpoint, dict), '"checkpoint"', "an object", checkpoint)
     for key in ("path", "sha256"):
         need(isinstance(checkpoint.get(key), str), f'"checkpoint"."{key}"', "a string", checkpoint.get(key))
+    num_classes = report.get("num_classes")
+    need(num_classes is None or isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes >= 1,
+         '"num_classes"', "a positive integer", num_classes)
+    names = report.get("class_names")
+    need(names is None or isinstance(names, list) and all(isinstance(n, str) for n in names)
+         and (num_classes is None or len(names) == num_classes), '"class_names"',
+         "a list of names, one per class", names)
     labels = report.get("labels", {})
     need(isinstance(labels, dict) and all(v is None or isinstance(v, str) for v in labels.values()), '"labels"',
          "an object of names", labels)
@@ -102,6 +110,7 @@ def check_report(report) -> Dict:
             accuracy = entry.get("accuracy")
             need(is_number(accuracy) and 0 <= accuracy <= 100, f"{where}.results.{name}.accuracy",
                  "a percentage (0 to 100)", accuracy)
+            check_per_class(entry, f"{where}.results.{name}", num_classes, names)  # older reports: none, fine
             params = entry.get("params", {})
             need(isinstance(params, dict), f"{where}.results.{name}.params", "an object", params)
             for setting, top in (("seed", seed), ("batch_size", report["batch_size"])):
@@ -195,10 +204,34 @@ def report_to_extend(cfg, identity: Dict, sha256: str) -> Dict:
     return report
 
 
+NOT_RECORDED = "–"  # a result written before per-class counts existed (as main_report.py's empty cells)
+
+
+def worst_class_text(entry: Dict) -> str:
+    """'worst class cat 41.20%' and, where the worst 10% is more than one class, 'worst 10% (10 classes) 35.10%'."""
+    worst, fraction = entry.get("worst_class"), entry.get("worst_10pct")
+    if worst is None:
+        return f"worst class {NOT_RECORDED}"
+    text = f"worst class {worst['name']} {worst['accuracy']:.2f}%"
+    if fraction is not None and fraction["classes"] > 1:
+        text += f", worst {fraction['percent']}% ({fraction['classes']} classes) {fraction['accuracy']:.2f}%"
+    return text
+
+
 def format_table(results: Dict, order: Sequence[str]) -> str:
-    lines = [f"{'attack':<12} {'protocol':<9} {'accuracy %':>10} {'n':>7} {'seconds':>9}"]
-    for name in order:
-        if name in results:
-            e = results[name]
-            lines.append(f"{e['attack']:<12} {e['protocol']:<9} {e['accuracy']:>10.2f} {e['n']:>7} {e['seconds']:>9.1f}")
+    """The printed table of one radius: each attack's accuracy, its worst class's, and (100 or 200 classes) the
+    mean of its worst 10% of classes."""
+    entries = [results[name] for name in order if name in results]
+    fractions = any((e.get("worst_10pct") or {}).get("classes", 1) > 1 for e in entries)
+    head = f"{'attack':<12} {'protocol':<9} {'accuracy %':>10} {'worst class %':>13}"
+    head += f" {'worst 10% %':>11}" if fractions else ""
+    lines = [head + f" {'n':>7} {'seconds':>9}  worst class"]
+    for e in entries:
+        worst, fraction = e.get("worst_class"), e.get("worst_10pct")
+        line = f"{e['attack']:<12} {e['protocol']:<9} {e['accuracy']:>10.2f} "
+        line += f"{worst['accuracy']:>13.2f}" if worst else f"{NOT_RECORDED:>13}"
+        if fractions:
+            line += f" {fraction['accuracy']:>11.2f}" if fraction else f" {NOT_RECORDED:>11}"
+        line += f" {e['n']:>7} {e['seconds']:>9.1f}  {worst['name'] if worst else NOT_RECORDED}"
+        lines.append(line)
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from evaluation.report import check_radius
 from runtime.errors import OneLineParser, UserError, exit_on_user_error, warn
 from runtime.help import HelpFormatter
 
+from . import fairness
 from .runs import LeftOut, find_runs, group_runs
 from .tables import PUBLISHED, build_tables, csv_text, latex, load_published, markdown
 
@@ -19,11 +20,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+",
                    help="run folders, folders holding run folders (searched recursively), glob patterns, or "
                         "evaluation reports (JSON) of checkpoints trained elsewhere")
-    p.add_argument("--out", default="report", help="folder for tables.md, tables.tex, tables.csv and the figures")
+    p.add_argument("--out", default="report",
+                   help="folder for tables.md, tables.tex, tables.csv, fairness.csv (worst-class accuracy) and the "
+                        "figures")
     p.add_argument("--eps", type=float, default=8, help="the tables' radius, in 1/255 units")
     p.add_argument("--checkpoint", default=None,
                    help="whose evaluation reports a run folder contributes (default: best_PGD10_acc_model.pth, as "
-                        "the papers; best_clean_acc_model.pth for Natural training)")
+                        "the papers; best_clean_acc_model.pth for Natural training; SAAD's and PeerAiD's SWA "
+                        "average); e.g. best_PGD10_acc_ema_model.pth or ema_model.pth for the --ema average, "
+                        "best_PGD10_acc_swa_model.pth or swa_model.pth for the --swa_start one")
     p.add_argument("--published", default=PUBLISHED, help="published numbers shown beside ours (JSON)")
     p.add_argument("--title", default=None, help="a heading for tables.md")
     p.add_argument("--no_figures", action="store_true", help="tables only")
@@ -45,6 +50,7 @@ def report(args) -> int:
     except (OSError, ValueError) as exc:
         raise UserError(f"--published {args.published}: not a table of published numbers ({exc})") from None
     tables = build_tables(groups, args.eps, published)
+    worst_class_tables = fairness.build_fairness_tables(tables)
     try:
         os.makedirs(args.out, exist_ok=True)
     except OSError as exc:
@@ -55,14 +61,19 @@ def report(args) -> int:
     written = []
     if not args.no_figures:
         from .figures import FIGURES  # matplotlib: only when figures are drawn
+        from .per_class_figures import per_class_figures
         for draw in FIGURES:
             written += draw(groups, args.out)
+        written += per_class_figures(tables, args.out)
     heading = f"# {args.title}\n\n" if args.title else ""
     text = markdown(tables) if tables else f"No evaluation report at eps {args.eps:g}/255 among these runs.\n"
+    text += ("\n" + fairness.markdown(worst_class_tables)) if worst_class_tables else ""
     text += left_out_markdown(found.left_out)
     # tables.md last: reproduce.py takes it as the sign that the report is complete.
-    for name, content in (("tables.tex", latex(tables) + left_out_comment(found.left_out)),
-                          ("tables.csv", csv_text(tables)), ("tables.md", heading + text)):
+    for name, content in (("tables.tex", latex(tables) + fairness.latex(worst_class_tables)
+                           + left_out_comment(found.left_out)),
+                          ("tables.csv", csv_text(tables)), ("fairness.csv", fairness.csv_text(worst_class_tables)),
+                          ("tables.md", heading + text)):
         atomic_write_text(os.path.join(args.out, name), content)
         written.append(os.path.join(args.out, name))
     print(heading + text)

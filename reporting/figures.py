@@ -14,6 +14,8 @@ import numpy as np  # noqa: E402
 
 from evaluation.protocols import PROTOCOLS, TITLES  # noqa: E402
 
+from training.selection import evaluation_split  # noqa: E402
+
 from .runs import Group  # noqa: E402
 
 DPI = 150
@@ -65,27 +67,35 @@ def colors(n: int):
 
 
 def training_curves(groups: Sequence[Group], folder: str) -> List[str]:
+    """The per-epoch evaluation's accuracies: one figure per dataset, student and the split that evaluation
+    measured (the test set, or the held-out images of --val_images runs: never both in one figure)."""
     written = []
     for (dataset, model), members in settings(groups).items():
-        members = [g for g in members if any(run.history for run in g.runs)]
-        if not members:
-            continue
-        fig, axes = plt.subplots(1, 2, figsize=WIDE, dpi=DPI, constrained_layout=True)
-        for group, color in zip(members, colors(len(members))):
-            runs = [run for run in group.runs if run.history]
-            epochs = max((r.history for r in runs), key=len)
-            x = [row["epoch"] for row in epochs]
-            for ax, column in zip(axes, ("test_clean_acc", "test_PGD10_acc")):
-                band(ax, x, [[row.get(column, math.nan) for row in run.history] for run in runs],
-                     f"{group.label} ({len(runs)})", color)
-        for ax, title in zip(axes, ("clean accuracy", "PGD-10 accuracy")):
-            ax.set(xlabel="epoch", ylabel=f"{title} (%)", title=f"{title}, per-epoch test evaluation")
-            ax.title.set_fontsize(10)
-            ax.grid(alpha=0.3)
-        axes[1].legend(fontsize=7, title="method (seeds)", title_fontsize=7)
-        fig.suptitle(f"{dataset}, {model}: mean over seeds, band ±1 std", fontsize=9)
-        written += save(fig, folder, f"curves-{dataset}-{model}")
+        for split in ("test", "val"):
+            chosen = [g for g in members if any(run.history for run in g.runs)
+                      and evaluation_split(g.config.get("val_images")) == split]
+            if chosen:
+                written += split_curves(dataset, model, split, chosen, folder)
     return written
+
+
+def split_curves(dataset: str, model: str, split: str, members: Sequence[Group], folder: str) -> List[str]:
+    fig, axes = plt.subplots(1, 2, figsize=WIDE, dpi=DPI, constrained_layout=True)
+    for group, color in zip(members, colors(len(members))):
+        runs = [run for run in group.runs if run.history]
+        epochs = max((r.history for r in runs), key=len)
+        x = [row["epoch"] for row in epochs]
+        for ax, column in zip(axes, (f"{split}_clean_acc", f"{split}_PGD10_acc")):
+            band(ax, x, [[row.get(column, math.nan) for row in run.history] for run in runs],
+                 f"{group.label} ({len(runs)})", color)
+    measured = "test" if split == "test" else "validation (held-out images)"
+    for ax, title in zip(axes, ("clean accuracy", "PGD-10 accuracy")):
+        ax.set(xlabel="epoch", ylabel=f"{title} (%)", title=f"{title}, per-epoch {measured} evaluation")
+        ax.title.set_fontsize(10)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, title="method (seeds)", title_fontsize=7)
+    fig.suptitle(f"{dataset}, {model}: mean over seeds, band ±1 std", fontsize=9)
+    return save(fig, folder, f"curves-{dataset}-{model}" + ("" if split == "test" else "-val"))
 
 
 def radii_of(report: Dict) -> List[Tuple[float, Dict]]:

@@ -15,12 +15,15 @@ from runtime.checkpoints import sha256_of
 from runtime.errors import UserError, warn
 from training.config import ADDED_DEFAULTS
 from training.run_dir import OPERATIONAL
+from training.selection import selection_text
 
 BEST_PGD, BEST_CLEAN = "best_PGD10_acc_model.pth", "best_clean_acc_model.pth"
 # Entries of config.json that do not separate two groups: the seed (aggregated over), where and how
 # fast a run ran (training.run_dir.OPERATIONAL), and what follows from the method. The teachers'
 # files (teacher_sha256, teacher_st_sha256) do separate them, as they separate runs on resume.
-NOT_DEFINING = OPERATIONAL | {"seed", "loss_parts"}
+# val_sha256 (which images --val_images held out) follows from --val_images, the seed and the data, as the seed
+# differs between a group's runs; --val_images itself separates groups (and tables: `selection`).
+NOT_DEFINING = OPERATIONAL | {"seed", "loss_parts", "val_sha256"}
 # How a label names a setting's file hash: by the file's name where that tells the groups apart.
 TEACHERS = {"teacher_sha256": ("teacher", "teacher_path"), "teacher_st_sha256": ("natural teacher", "teacher_st_path")}
 
@@ -57,6 +60,16 @@ class Run:
     def seed(self):
         return self.config.get("seed")
 
+    @property
+    def val_images(self) -> int:
+        """How many held-out training images chose the run's checkpoints (--val_images); 0: the test set did, the
+        papers' way, which is also what a report of a checkpoint trained elsewhere is taken to be."""
+        return self.config.get("val_images") or 0
+
+    @property
+    def selection(self) -> str:
+        return selection_text(self.val_images)
+
     def key(self) -> Tuple:
         """What the run computes, but for its seed: runs with equal keys are seeds of one group."""
         defining = {k: v for k, v in {**ADDED_DEFAULTS, **self.config}.items() if k not in NOT_DEFINING}
@@ -75,6 +88,14 @@ class Group:
     @property
     def method(self) -> str:
         return self.runs[0].method
+
+    @property
+    def val_images(self) -> int:
+        return self.runs[0].val_images  # --val_images defines a group: every run of it chose alike
+
+    @property
+    def selection(self) -> str:
+        return self.runs[0].selection
 
 
 @dataclass
@@ -154,6 +175,7 @@ def read_history(path: str) -> List[Dict[str, float]]:
 
 # What the tables and figures read from config.json, and what each must be (None: absent or null allowed).
 CONFIG_TYPES = {"method": (str,), "dataset": (str,), "model": (str,), "seed": (int, None), "swa_start": (int, None),
+                "val_images": (int, None),
                 "teacher_model": (str, None), "teacher_sha256": (str, None), "teacher_st_sha256": (str, None),
                 "teacher_path": (str, None), "teacher_st_path": (str, None)}
 
@@ -284,7 +306,9 @@ def setting_text(key: str, config: Dict, siblings: Sequence[Dict]) -> str:
     """How a group's label names the setting `key` that tells it from its `siblings` ('alpha 0.5'); a
     teacher by its file's name where no sibling with another file has that name, else by 8 hex of its
     sha256; other hashes by their 8 first hex."""
-    value = config.get(key)
+    value = config.get(key, ADDED_DEFAULTS.get(key))  # a run recorded before the setting existed had its default
+    if key == "val_images":
+        return selection_text(value)
     if key in TEACHERS:
         title, path_key = TEACHERS[key]
         if value is None:

@@ -12,6 +12,8 @@ from typing import Dict, List, Optional, Sequence
 from evaluation.protocols import PROTOCOLS, TITLES
 from evaluation.report import is_number, load_json, radius_key
 
+from training.selection import selection_text
+
 from .runs import Group
 
 PUBLISHED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "published.json")
@@ -48,6 +50,7 @@ class Row:
     seeds: int
     cells: Dict[str, Cell]
     published: Dict[str, float] = field(default_factory=dict)
+    reports: List[Dict] = field(default_factory=list)  # its runs' reports the cells come from (reporting/fairness.py)
 
 
 @dataclass
@@ -62,10 +65,18 @@ class Table:
     rows: List[Row]
     published_source: Optional[str] = None
     published_attacks: List[str] = field(default_factory=list)
+    # How every row's runs chose the checkpoint they report: on the test set (0) or on this many held-out
+    # training images (--val_images). Runs chosen another way are in another table, never in a row of this one.
+    val_images: int = 0
+
+    @property
+    def selection(self) -> str:
+        return selection_text(self.val_images)
 
     @property
     def name(self) -> str:
-        return f"{self.dataset}-{self.model}-{self.protocol}-eps{self.eps_255:g}"
+        held_out = f"-val{self.val_images}" if self.val_images else ""
+        return f"{self.dataset}-{self.model}-{self.protocol}-eps{self.eps_255:g}{held_out}"
 
     def caption(self) -> str:
         teachers = f" (the distilled ones from {', '.join(self.teachers)})" if self.teachers else ""
@@ -73,7 +84,9 @@ class Table:
                   f"the first {'/'.join(map(str, self.n_examples))} test images")
         text = (f"{self.dataset}, {self.model} students{teachers}: accuracy (%) under the {self.protocol} "
                 f"protocol ({PROTOCOLS[self.protocol].description}) at eps {self.eps_255:g}/255, on {images}; "
-                f"mean ± standard deviation over seeds, the seed count in parentheses.")
+                f"mean ± standard deviation over seeds, the seed count in parentheses. Checkpoints "
+                + (f"{self.selection} held out of training; the test set only measured them." if self.val_images
+                   else "selected on test, as the papers do (the test set chose the epoch it then measures)."))
         if self.published_source:
             text += f" Published: {self.published_source}; Δ = ours − published."
         return text
@@ -113,22 +126,24 @@ def published_for(table: Table, published: Sequence[Dict]) -> Optional[Dict]:
 
 
 def build_tables(groups: Sequence[Group], eps_255: float = 8, published: Sequence[Dict] = ()) -> List[Table]:
-    """One table per (dataset, student, protocol) that some group was evaluated under at `eps_255`."""
+    """One table per (dataset, student, protocol, selection) that some group was evaluated under at `eps_255`."""
     key = radius_key(eps_255)
     tables: Dict[tuple, Table] = {}
     for group in groups:
         for protocol in PROTOCOLS:
-            radii = [run.reports[protocol]["radii"][key] for run in group.runs
-                     if protocol in run.reports and key in run.reports[protocol].get("radii", {})]
+            reports = [run.reports[protocol] for run in group.runs
+                       if protocol in run.reports and key in run.reports[protocol].get("radii", {})]
+            radii = [report["radii"][key] for report in reports]
             if not radii:
                 continue
-            setting = (group.config.get("dataset"), group.config.get("model"), protocol)
+            setting = (group.config.get("dataset"), group.config.get("model"), protocol, group.val_images)
             table = tables.get(setting)
             if table is None:
-                table = tables[setting] = Table(*setting, eps_255, [], [], list(PROTOCOLS[protocol].attacks), [])
+                table = tables[setting] = Table(*setting[:3], eps_255, [], [], list(PROTOCOLS[protocol].attacks), [],
+                                                val_images=group.val_images)
             cells = {attack: Cell([r["results"][attack]["accuracy"] for r in radii if attack in r["results"]])
                      for attack in table.attacks}
-            table.rows.append(Row(group.label, group.method, len(radii), cells))
+            table.rows.append(Row(group.label, group.method, len(radii), cells, reports=reports))
             for run in group.runs:
                 report = run.reports.get(protocol)
                 if report and key in report.get("radii", {}) and report["n_examples"] not in table.n_examples:
@@ -225,7 +240,7 @@ def latex(tables: Sequence[Table]) -> str:
 def csv_text(tables: Sequence[Table]) -> str:
     """One line per table row, every number unrounded: mean, std and seed count per attack."""
     attacks = list(dict.fromkeys(a for t in tables for a in t.attacks))
-    fields = ["table", "dataset", "model", "protocol", "eps_255", "method", "label", "seeds"]
+    fields = ["table", "dataset", "model", "protocol", "eps_255", "selection", "method", "label", "seeds"]
     for attack in attacks:
         fields += [f"{attack}_mean", f"{attack}_std", f"{attack}_n", f"{attack}_published", f"{attack}_delta"]
     out = io.StringIO()
@@ -234,7 +249,8 @@ def csv_text(tables: Sequence[Table]) -> str:
     for table in tables:
         for row in table.rows:
             line = {"table": table.name, "dataset": table.dataset, "model": table.model, "protocol": table.protocol,
-                    "eps_255": f"{table.eps_255:g}", "method": row.method, "label": row.label, "seeds": row.seeds}
+                    "eps_255": f"{table.eps_255:g}", "selection": table.selection, "method": row.method,
+                    "label": row.label, "seeds": row.seeds}
             for attack, cell in row.cells.items():
                 line.update({f"{attack}_mean": "" if cell.mean is None else cell.mean,
                              f"{attack}_std": "" if cell.std is None else cell.std, f"{attack}_n": cell.n,

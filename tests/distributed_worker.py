@@ -73,9 +73,8 @@ def evaluation(world):
         predicted = model(split.images.float() / 255).argmax(1)
     split = Split(split.images, torch.where(torch.arange(30) % 3 == 0, split.labels, predicted))
     config = train_config("PGDAT", bs=7)
-    (clean, robust, gap), _ = evaluate(model, split, 8, per_epoch_attack(config, run_generators("cpu", 4)["eval"]),
-                                       world=world)
-    return {"clean": clean, "robust": robust, "variance_gap": gap}
+    evaluated, _ = evaluate(model, split, 8, per_epoch_attack(config, run_generators("cpu", 4)["eval"]), world=world)
+    return evaluated._asdict()
 
 
 def main(out_path):

@@ -162,8 +162,8 @@ def test_each_best_file_follows_its_own_accuracy():
     for epoch, files in written.items():
         for name, average in files:
             holder[name] = (epoch, average)
-    assert holder == {"best_PGD10_acc_model.pth": (3, False), "best_clean_acc_model.pth": (2, False),
-                      "swa_model.pth": (5, True), "best_PGD10_acc_swa_model.pth": (4, True)}
+    assert holder == {"best_PGD10_acc_model.pth": (3, None), "best_clean_acc_model.pth": (2, None),
+                      "swa_model.pth": (5, "swa"), "best_PGD10_acc_swa_model.pth": (4, "swa")}
     assert (state.best_pgd, state.best_clean, state.best_pgd_swa) == (25.0, 60.0, 30.0)
 
 
@@ -226,7 +226,7 @@ def test_operational_flags_are_the_named_few():
     assert OPERATIONAL_FLAGS == {"save_dir", "resume", "overwrite", "stop_after", "gpu_id", "eval_bs", "nan_policy",
                                  "data_dir", "download", "deterministic", "channels_last", "compile", "teacher_path",
                                  "teacher_st_path", "recipe_overrides", "dist_timeout", "teacher_source",
-                                 "teacher_st_source"}
+                                 "teacher_st_source", "tensorboard", "wandb"}
 
 
 def changed(value):

@@ -86,7 +86,8 @@ def test_paper_report_schema_labels_and_table(real_data_dir, checkpoint, capsys)
     assert report["checks"]["buffers_unchanged"] and report["checks"]["zero_gradient_checked"] == 4
     assert isinstance(report["warnings"], list)
     table = out[out.index("attack "):].splitlines()
-    assert table[0].split() == ["attack", "protocol", "accuracy", "%", "n", "seconds"]
+    assert table[0].split() == ["attack", "protocol", "accuracy", "%", "worst", "class", "%", "n", "seconds", "worst",
+                                "class"]  # docs/evaluation.md, "Worst-class robustness"
     assert [row.split()[:2] for row in table[1:4]] == [["Natural", "paper"], ["FGSM", "paper"], ["PGD-10", "paper"]]
     assert "variance gap" in out
 

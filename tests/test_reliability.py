@@ -318,7 +318,7 @@ def test_evaluation_halves_its_batch_until_it_fits(monkeypatch, capsys):
         return real(model, split, batch_size, **kw)
     monkeypatch.setattr(loop, "attack_accuracy", attack_accuracy)
     attack = pgd_ce_attack(8 / 255, 2 / 255, 2, generator=torch.Generator().manual_seed(1))
-    (clean, robust, gap), batch_size = loop.evaluate(TinyNet(), split, 64, attack)
+    (clean, robust, gap, *_), batch_size = loop.evaluate(TinyNet(), split, 64, attack)
     assert sizes == [64, 32, 16, 16] and batch_size == 16
     assert 0 <= robust <= clean <= 100 and math.isfinite(gap)
     assert "--eval_bs lowered to 16" in capsys.readouterr().err

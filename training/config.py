@@ -9,7 +9,7 @@ import types
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from data import DEFAULT_DATA_DIR
+from data import DEFAULT_DATA_DIR, check_holdout_count, dataset_info
 from methods import all_options, get_method, method_names
 from methods.recipes import COMMON, RECIPE_NAMES, Recipe
 from models import is_known_model, model_names
@@ -18,8 +18,9 @@ from runtime.help import HelpFormatter
 from runtime.precision import PRECISIONS
 from teachers import zoo
 
-from .networks import STREAM_SEED_OFFSETS, SWA_SEED_OFFSET
+from .networks import EMA_EVAL_SEED_OFFSET, STREAM_SEED_OFFSETS, SWA_SEED_OFFSET
 from .schedule import SCHEDULES
+from .tracking import require_trackers
 
 DEFAULT_LR = {"mobilenetV2": 0.05}  # everything else: 0.1
 
@@ -68,6 +69,10 @@ class Config:
     sync_bn: bool
     dist_timeout: float
     swa_start: int
+    val_images: int  # 0: every best_* file is chosen on the test set, as the papers
+    ema: Optional[float]  # the decay of the student's exponential moving average; None: none
+    tensorboard: bool
+    wandb: Optional[str]  # the W&B project; None: no W&B
     recipe: str
     recipe_source: str
     recipe_overrides: Tuple[str, ...]  # the recipe values given on the command line
@@ -185,6 +190,22 @@ def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentPars
                         "evaluated and saved beside it; below --epochs (0 = off; SAAD: 94 of 200 epochs, PeerAiD: "
                         "its first milestone, both scaled with --epochs and kept below it)")
 
+    g = p.add_argument_group("selection, averaging and tracking (docs/training.md)")
+    g.add_argument("--val_images", type=int, default=0,
+                   help="hold out N training images (balanced over the classes, chosen by --seed) and choose every "
+                        "best_* checkpoint on them; the test set is then measured once per checkpoint at the end "
+                        "(final.json). 0: choose on the test set, as the papers do")
+    g.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="keep an exponential moving average of the student's weights, updated every step with this "
+                        "decay in (0, 1) (e.g. 0.995), evaluated and saved beside it (ema_model.pth, "
+                        "best_PGD10_acc_ema_model.pth); default: none")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="log every results.csv column each epoch, and the training loss every 50 steps, to a "
+                        "TensorBoard event file in the run folder (needs tensorboard)")
+    g.add_argument("--wandb", default=None, metavar="PROJECT",
+                   help="log the same to this Weights & Biases project, the run's config.json as its config; a "
+                        "resume continues the same W&B run (needs wandb)")
+
     g = p.add_argument_group("many GPUs: launch with torchrun --nproc_per_node N (docs/distributed.md)")
     g.add_argument("--sync_bn", action="store_true",
                    help="BatchNorm statistics over the whole batch across processes (SyncBatchNorm; GPUs only); "
@@ -208,15 +229,16 @@ def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentPars
 OPERATIONAL_FLAGS = frozenset({
     "save_dir", "resume", "overwrite", "stop_after", "gpu_id", "eval_bs", "nan_policy", "data_dir", "download",
     "deterministic", "channels_last", "compile", "teacher_path", "teacher_st_path", "recipe_overrides",
-    "dist_timeout", "teacher_source", "teacher_st_source"})
+    "dist_timeout", "teacher_source", "teacher_st_source", "tensorboard", "wandb"})
 # teacher_source: where a teacher file came from (zoo:NAME) is provenance; the file's sha256 (recorded as
 # teacher_sha256) defines the teacher, so one file named by the zoo or by its path is one run.
 # Defining settings added after runs were made with this code: a run without one in its record
 # had this value (its resume and its default folder are unchanged).
-ADDED_DEFAULTS = {"sync_bn": False, "teacher_st_model": None, "swa_start": 0}
+ADDED_DEFAULTS = {"sync_bn": False, "teacher_st_model": None, "swa_start": 0, "val_images": 0, "ema": None,
+                  "val_sha256": None}
 # torch generators take seeds in 0..2**64-1, and each of the run's streams is seeded with --seed plus
 # its own offset; a negative seed would wrap around onto a positive one (two flags, one run).
-SEED_MAX = 2**64 - 1 - max(max(STREAM_SEED_OFFSETS.values()), SWA_SEED_OFFSET)
+SEED_MAX = 2**64 - 1 - max(max(STREAM_SEED_OFFSETS.values()), SWA_SEED_OFFSET, EMA_EVAL_SEED_OFFSET)
 
 
 def default_swa_start(method, args) -> int:
@@ -250,6 +272,10 @@ def default_save_dir(args, method_options) -> str:
         parts.append("syncbn")
     if args.swa_start != default_swa_start(get_method(args.method), args):
         parts.append(f"swa{args.swa_start}")
+    if args.val_images:
+        parts.append(f"val{args.val_images}")
+    if args.ema:
+        parts.append(f"ema{args.ema}")
     parts.append(f"seed{args.seed}")
     # Every other defining setting, in a short hash: two runs that compute different things never
     # share a default folder.
@@ -348,6 +374,22 @@ def resolve_swa_start(args: argparse.Namespace, method) -> None:
         raise UserError(f"--swa_start {args.swa_start} leaves no epoch to average in a {args.epochs}-epoch run (the "
                         f"average takes the epochs after it): pass --swa_start {args.epochs - 1} or less, or 0 for "
                         f"no weight averaging")
+
+
+def check_selection_and_averaging(args: argparse.Namespace) -> None:
+    """--val_images, --ema, --tensorboard and --wandb, as far as they can be checked before the data are read
+    (data.holdout checks the held-out images against the training labels)."""
+    check_holdout_count(args.val_images, dataset_info(args.dataset).num_classes)
+    if args.train_subset and args.val_images >= args.train_subset:
+        raise UserError(f"--val_images {args.val_images} leaves no training image of --train_subset "
+                        f"{args.train_subset} (the held-out images come out of the training subset): pass a "
+                        f"smaller --val_images or a larger --train_subset")
+    if args.ema is not None and not 0 < args.ema < 1:
+        raise UserError(f"--ema must be a decay in (0, 1), e.g. 0.995 (the average then spans about 1/(1 - DECAY) "
+                        f"= 200 steps), got {args.ema:g}; leave it out for no average")
+    if args.wandb is not None and not args.wandb.strip():
+        raise UserError("--wandb needs the name of a Weights & Biases project, e.g. --wandb advkd")
+    require_trackers(args.tensorboard, args.wandb)
 
 
 def same_file(a: str, b: str) -> bool:
@@ -450,6 +492,7 @@ def resolve(args: argparse.Namespace) -> Config:
     for flag in ("train_subset", "test_subset"):
         if getattr(args, flag) < 0:
             raise UserError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
+    check_selection_and_averaging(args)
     if args.stop_after is not None and args.stop_after < 1:
         raise UserError(f"--stop_after must be >= 1 epochs, got {args.stop_after}; leave it out to run to --epochs")
     if method.needs_teacher and args.teacher_path is None:

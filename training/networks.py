@@ -2,7 +2,7 @@
 everything a checkpoint saves and a resume restores (`Trainee`)."""
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -22,6 +22,9 @@ from .swa import StudentAverage
 # longer evaluation) leaves the others as they were. The data stream keeps --seed itself.
 STREAM_SEED_OFFSETS = {"data": 0, "attack": 1_000_003, "eval": 2_000_006}
 SWA_SEED_OFFSET = 3_000_009  # the BatchNorm pass of the weight average (--swa_start), when there is one
+# The PGD-10 starts of the EMA's per-epoch evaluation (--ema): a stream of its own, so that evaluating the EMA
+# leaves the student's evaluation (the "eval" stream) as it is without --ema.
+EMA_EVAL_SEED_OFFSET = 4_000_012
 
 
 def teacher_missing_message(teacher_model: str, teacher_path: str, dataset: str, natural: bool = False) -> str:
@@ -117,6 +120,7 @@ class Trainee:
     natural_teacher: Optional[nn.Module] = None  # AKD's and MTARD's second teacher, frozen
     method: Optional[Method] = None  # whose own state (MTARD's adaptive weights) a resume restores
     average: Optional[StudentAverage] = None  # the student's weight average (--swa_start)
+    ema: Optional[StudentAverage] = None  # its exponential moving average (--ema)
     teacher_file: Optional[str] = None  # the files the teachers' weights came from (robustbench's for its models)
     natural_teacher_file: Optional[str] = None
 
@@ -125,6 +129,11 @@ class Trainee:
             self.trained_student = self.student
         if self.trained_extra is None:
             self.trained_extra = self.extra
+
+    @property
+    def averages(self) -> List[StudentAverage]:
+        """The student's weight averages that the run keeps (swa, then ema)."""
+        return [average for average in (self.average, self.ema) if average is not None]
 
     def distribute(self, world, device: torch.device) -> None:
         """Wrap the trained networks for `world` (a collective: every process calls it)."""
@@ -146,8 +155,8 @@ class Trainee:
         state = {"optimizer": self.optimizer.state_dict(), "rng": capture_rng_state(self.generators)}
         if self.method is not None and self.method.state_dict():
             state["method_state"] = self.method.state_dict()
-        if self.average is not None:
-            state["swa"] = self.average.state_dict()
+        for average in self.averages:
+            state[average.name] = average.state_dict()
         return state
 
     def load(self, payload: Dict[str, Any], path: str, arch: str) -> None:
@@ -158,8 +167,8 @@ class Trainee:
         restore_rng_state(payload["rng"], self.generators)
         if self.method is not None and "method_state" in payload:
             self.method.load_state_dict(payload["method_state"])
-        if self.average is not None:
-            self.average.load_state_dict(payload["swa"])
+        for average in self.averages:
+            average.load_state_dict(payload[average.name])
 
 
 def build_trainee(config, method: Method, num_classes: int, device: torch.device, sync_bn: bool = False) -> Trainee:
@@ -185,7 +194,13 @@ def build_trainee(config, method: Method, num_classes: int, device: torch.device
     if config.swa_start:  # a copy of the plain student, before it is converted or compiled in place
         generators["swa"] = make_generator(device, config.seed + SWA_SEED_OFFSET)
         average = StudentAverage(student, config.swa_start, generators["swa"])
+    ema = None
+    if config.ema:
+        generators["ema_eval"] = make_generator(device, config.seed + EMA_EVAL_SEED_OFFSET)
+        ema = StudentAverage(student, decay=config.ema)
     for network in (student, teacher, natural_teacher, extra):  # extra: e.g. PeerAiD's peer, a network too
         prepare_model(network, config.channels_last, config.compile)
+    if ema is not None:  # the student's layout, so that the update every step stays on foreach's fast path
+        prepare_model(ema.model.module, config.channels_last)
     return Trainee(student, teacher, extra, optimizer, generators, natural_teacher=natural_teacher, method=method,
-                   average=average, teacher_file=teacher_file, natural_teacher_file=natural_teacher_file)
+                   average=average, ema=ema, teacher_file=teacher_file, natural_teacher_file=natural_teacher_file)

@@ -18,13 +18,17 @@ from runtime.errors import UserError
 
 from .config import ADDED_DEFAULTS, OPERATIONAL_FLAGS
 from .networks import Trainee
+from .selection import FINAL_FILE, evaluation_split, measured_on, selection_text
+from .swa import AVERAGE_FILES, SWA
+from .tracking import tracking_files
 
-SWA_LAST, SWA_BEST = "swa_model.pth", "best_PGD10_acc_swa_model.pth"  # the weight average's (--swa_start)
-CHECKPOINT_FILES = ("last.pth", "best_PGD10_acc_model.pth", "best_clean_acc_model.pth", "results.csv", SWA_LAST,
-                    SWA_BEST)
+SWA_LAST, SWA_BEST = AVERAGE_FILES[SWA]  # the weight average's (--swa_start)
+CHECKPOINT_FILES = ("last.pth", "best_PGD10_acc_model.pth", "best_clean_acc_model.pth", "results.csv",
+                    *(name for files in AVERAGE_FILES.values() for name in files), FINAL_FILE)
 LOCK_FILE = ".lock"  # exists while a process holds the run folder; says which one
 RESULT_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "test_clean_acc", "test_PGD10_acc",
-                 "test_variance_gap", "epoch_seconds", "images_per_second"]
+                 "test_variance_gap", "test_clean_acc_worst_class", "test_PGD10_acc_worst_class", "epoch_seconds",
+                 "images_per_second"]
 # A resume may change the operational flags and the provenance of the code it runs on. Every other
 # entry of the run's record (each flag, the teacher's sha256, the image counts) defines the run, and
 # a resume that changes one is refused.
@@ -42,17 +46,18 @@ def identity_differences(saved: Dict, record: Dict) -> List[str]:
         before = saved.get(key, ADDED_DEFAULTS.get(key))
         if key in OPERATIONAL or plain(before) == plain(record.get(key)):
             continue
-        name = {"teacher_sha256": "teacher file sha256", "teacher_st_sha256": "natural teacher file sha256"}.get(
-            key, f"--{key}")
+        name = {"teacher_sha256": "teacher file sha256", "teacher_st_sha256": "natural teacher file sha256",
+                "val_sha256": "held-out images (sha256 of their indices)"}.get(key, f"--{key}")
         found.append(f"{name} {before!r} (now {record.get(key)!r})")
     return found
 
 
-def result_fields(parts: Sequence[str], averaged: bool = False) -> List[str]:
-    """results.csv's columns: the fixed ones, the weight average's accuracies (--swa_start; empty
-    before it starts), then the method's loss parts as train_<part>."""
-    swa = ["test_clean_acc_swa", "test_PGD10_acc_swa"] if averaged else []
-    return RESULT_FIELDS + swa + [f"train_{part}" for part in parts]
+def result_fields(parts: Sequence[str], averages: Sequence[str] = (), split: str = "test") -> List[str]:
+    """results.csv's columns: the fixed ones, each weight average's accuracies (swa: --swa_start, empty
+    before it starts; ema: --ema), then the method's loss parts as train_<part>. The per-epoch evaluation's
+    columns are named after the split it measured (test_*, or val_* with --val_images)."""
+    averaged = [f"test_{measure}_{name}" for name in averages for measure in ("clean_acc", "PGD10_acc")]
+    return [measured_on(name, split) for name in RESULT_FIELDS + averaged] + [f"train_{part}" for part in parts]
 
 
 @dataclass
@@ -61,24 +66,29 @@ class RunState:
     best_pgd: float = -1.0
     best_clean: float = -1.0
     best_pgd_swa: float = -1.0
+    best_pgd_ema: float = -1.0
     history: List[Dict] = field(default_factory=list)
 
 
 def checkpoint_payload(trainee: Trainee, row: Optional[Dict], record: Dict, resume: Optional[Dict] = None,
-                       average: bool = False) -> Dict:
+                       average: Optional[str] = None) -> Dict:
     """Every checkpoint's payload. The authors' keys {'net', 'clean_acc', 'PGD10_acc', 'epoch'} (the
     numbers of epoch `row`; None before the first epoch ends) are what the field's tools read;
     'arch', 'num_classes' and 'config' say what the weights are. `resume` adds what last.pth needs.
-    average: the student's weight average and its numbers instead (--swa_start)."""
-    suffix = "_swa" if average else ""
-    net = trainee.average.model.module if average else trainee.student
+    average: the student's weight average of that name (swa, ema) and its numbers instead. With --val_images
+    the numbers are the held-out images' ('selected_on' says so)."""
+    suffix = f"_{average}" if average else ""
+    net = {a.name: a for a in trainee.averages}[average].model.module if average else trainee.student
+    split = evaluation_split(record.get("val_images"))
     payload = {"net": net.state_dict(),
-               "clean_acc": row["test_clean_acc" + suffix] if row else None,
-               "PGD10_acc": row["test_PGD10_acc" + suffix] if row else None,
+               "clean_acc": row[f"{split}_clean_acc" + suffix] if row else None,
+               "PGD10_acc": row[f"{split}_PGD10_acc" + suffix] if row else None,
                "epoch": row["epoch"] if row else 0,
                "arch": record["model"], "num_classes": record["num_classes"], "config": record}
     if trainee.extra is not None and not average:
         payload["extra"] = trainee.extra.state_dict()
+    if record.get("val_images"):
+        payload["selected_on"] = selection_text(record["val_images"])
     payload.update(resume or {})
     return payload
 
@@ -168,7 +178,7 @@ class RunDirectory:
         trainee.load(payload, last, config.model)
         best = payload["best"]
         state = RunState(payload["epoch"], best["PGD10_acc"], best["clean_acc"], best.get("PGD10_acc_swa", -1.0),
-                         list(payload["history"]))
+                         best.get("PGD10_acc_ema", -1.0), list(payload["history"]))
         # Rows of an epoch that finished after last.pth was written are dropped: it will run again.
         self.write_results(state.history)
         cursor = payload.get("in_progress")
@@ -182,11 +192,15 @@ class RunDirectory:
         self.record = record
         if not self.writer:
             return
-        if fresh:
-            for name in CHECKPOINT_FILES:
-                if os.path.exists(self.file(name)):
-                    os.unlink(self.file(name))
+        if fresh:  # the replaced run's tracking files too: its event file would mix into the new run's curves
+            for path in [self.file(name) for name in CHECKPOINT_FILES] + tracking_files(self.root):
+                if os.path.exists(path):
+                    os.unlink(path)
         atomic_write_json(self.file("config.json"), record)
+
+    def final_measured(self) -> bool:
+        """Whether final.json is there: the test set measured the checkpoints of a --val_images run."""
+        return os.path.isfile(self.file(FINAL_FILE))
 
     def write_results(self, rows: List[Dict]) -> None:
         if not self.writer:
@@ -197,7 +211,7 @@ class RunDirectory:
         writer.writerows(rows)
         atomic_write_text(self.file("results.csv"), buffer.getvalue())
 
-    def save_best(self, name: str, trainee: Trainee, row: Dict, average: bool = False) -> None:
+    def save_best(self, name: str, trainee: Trainee, row: Dict, average: Optional[str] = None) -> None:
         if not self.writer:
             return
         atomic_save(checkpoint_payload(trainee, row, self.record, average=average), self.file(name))
@@ -207,7 +221,8 @@ class RunDirectory:
         if not self.writer:
             return
         resume = dict(trainee.resume_state(), best={"PGD10_acc": state.best_pgd, "clean_acc": state.best_clean,
-                                                    "PGD10_acc_swa": state.best_pgd_swa},
+                                                    "PGD10_acc_swa": state.best_pgd_swa,
+                                                    "PGD10_acc_ema": state.best_pgd_ema},
                       history=state.history, in_progress=cursor)
         row = state.history[-1] if state.history else None
         atomic_save(checkpoint_payload(trainee, row, self.record, resume), self.file("last.pth"))
