@@ -263,10 +263,11 @@ class Plan:
         self.warnings: List[str] = []  # what the scripts' checks warn of, once per job
         self.configs: Dict[str, Config] = {}  # each training job's settings, as its script resolves them
         self.teacher_path = preset.teacher.path if preset.teacher else None
-        if preset.teacher is not None and preset.teacher.path is None:
-            self.add_teacher()
+        teacher = self.add_teacher() if preset.teacher is not None and preset.teacher.path is None else None
         runs = [self.add_student(method, seed) for method in preset.methods for seed in preset.seeds]
         self.warn_uncached_teacher()
+        if teacher is not None and preset.teacher.evaluate:  # its own numbers, in the report beside the students'
+            runs.insert(0, teacher)
         evaluations = [self.add_evaluation(job) for job in runs]
         inputs = [os.path.join(job.folder, "results.csv") for job in runs]
         inputs += [report_path(job.checkpoint, e.protocol) for job in evaluations for e in preset.evaluations]
@@ -307,12 +308,13 @@ class Plan:
                                      f"flags, or place the file there (docs/teachers.md)")
                 return
 
-    def add_teacher(self) -> None:
+    def add_teacher(self) -> Job:
         teacher = self.preset.teacher
         folder = os.path.join(self.root, "teacher")
-        self.add_training("train teacher", "teacher", folder, teacher.model, teacher.method, teacher.seed,
-                          dict(self.preset.train, **teacher.flags), False, [])
+        job = self.add_training("train teacher", "teacher", folder, teacher.model, teacher.method, teacher.seed,
+                                dict(self.preset.train, **teacher.flags), False, [])
         self.teacher_path = os.path.join(folder, BEST_PGD)  # a robust teacher: its best-PGD-10 epoch
+        return job
 
     def add_student(self, method: str, seed: int) -> Job:
         needs_teacher = get_method(method).needs_teacher
@@ -328,7 +330,7 @@ class Plan:
         name = f"evaluate {run.name[len('train '):]}"
         commands, wanted = [], []
         for e in self.preset.evaluations:
-            command = [self.eval_script, "--dataset", self.preset.dataset, "--model", self.preset.student,
+            command = [self.eval_script, "--dataset", self.preset.dataset, "--model", config.model,
                        "--model_path", checkpoint, "--data_dir", self.data_dir, "--protocol", e.protocol,
                        "--attacks", ",".join(e.attacks), "--eps", ",".join(f"{v:g}" for v in e.eps),
                        "--n_ex", str(e.n_ex), "--method", config.method]

@@ -36,6 +36,7 @@ class Teacher:
     method: Optional[str] = None
     seed: int = 0
     flags: Dict[str, Any] = field(default_factory=dict)
+    evaluate: bool = False  # a teacher trained here: evaluated as the students are, and reported beside them
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,13 @@ def load_preset(name_or_path: str, switches: Dict[str, bool]) -> Preset:
                                                    "\"train\"}")
     expect(("path" in t) != ("train" in t), f"{name} teacher", "give either 'path' (a checkpoint, or zoo:NAME) or "
                                                                  "'train' (how to train it here)")
+    unknown = sorted(set(t) - {"model", "path", "train", "evaluate"})
+    expect(not unknown, f"{name} teacher", f"unknown keys {', '.join(unknown)} (allowed: model, path or train, "
+                                           f"evaluate)")
+    expect(isinstance(t.get("evaluate", False), bool), f"{name} teacher",
+           f"'evaluate' is true or false, not {json.dumps(t.get('evaluate'))}")
+    expect(not (t.get("evaluate") and "path" in t), f"{name} teacher",
+           "'evaluate' applies to a teacher trained here ('train'); evaluate a given checkpoint with main_eval.py")
     model = t.get("model")
     if "path" in t:
         expect(isinstance(t["path"], str) and t["path"], f"{name} teacher", "'path' must be a checkpoint's path")
@@ -196,7 +204,8 @@ def load_preset(name_or_path: str, switches: Dict[str, bool]) -> Preset:
                f"{name} teacher.train", f"method {method!r} must be one that trains without a teacher (PGDAT, TRADES, "
                                         f"Natural)")
         expect(type(seed) is int, f"{name} teacher.train", "seed must be an integer")
-        teacher = Teacher(model, None, method, seed, checked_flags(how, f"{name} teacher.train", switches))
+        teacher = Teacher(model, None, method, seed, checked_flags(how, f"{name} teacher.train", switches),
+                          t.get("evaluate", False))
     return Preset(name, data.get("description", ""), dataset, data["student"], teacher, tuple(methods),
                   tuple(seeds), train, method_flags, evaluations(data, name))
 
