@@ -138,9 +138,9 @@ class Fair:
 
 def fair_recipe(script: str, base: type):
     """The Fair script's recipe: its base's epochs, milestones and weight decay (each Fair-*.py keeps them), at
-    batch 128 on every dataset (the scripts are CIFAR-10 only)."""
+    batch 128 on every dataset (the scripts are CIFAR-10 only), with their SGD's Nesterov momentum."""
     r = base.recipe
-    return released(f"{FAIR_REPOSITORY} {script}", r.epochs, r.milestones, r.weight_decay)
+    return released(f"{FAIR_REPOSITORY} {script}", r.epochs, r.milestones, r.weight_decay, nesterov=True)
 
 
 class FairARD(Fair, ARD):

@@ -17,6 +17,7 @@ class Recipe:
     step_size: float = 2.0
     bs: int = 128
     bs_by_dataset: Mapping[str, int] = field(default_factory=dict)
+    nesterov: bool = False  # SGD's Nesterov momentum (the Fair-ARD scripts use it)
 
     def batch_size(self, dataset: str) -> int:
         return self.bs_by_dataset.get(dataset, self.bs)

@@ -181,3 +181,38 @@ def test_the_default_folder_names_every_defining_flag_or_hashes_it():
     assert folder("--test_subset", "100") != base and "test100" in folder("--test_subset", "100")
     assert folder("--eval_epsilon", "4") != base and folder("--momentum", "0.8") != base
     assert folder("--eval_bs", "64", "--gpu_id", "1") == base  # operational flags share the folder
+
+
+@pytest.mark.parametrize("method", ["Fair-ARD", "Fair-IAD", "Fair-RSLAD", "Fair-MTARD"])
+def test_the_fair_scripts_sgd_is_nesterovs_and_a_flag_overrides_it(method):
+    config = train_config(method, bs=None)
+    assert config.nesterov is True and config.recipe_overrides == ()
+    assert "momentum 0.9 (Nesterov)" in recipe_line(config)
+    off = train_config(method, "--no-nesterov", bs=None)
+    assert off.nesterov is False and off.recipe_overrides == ("nesterov",)
+    assert train_config(method, "--recipe", "dgad-paper", bs=None).nesterov is False
+
+
+@pytest.mark.parametrize("method", sorted(RELEASED) + ["ABSLD"])
+def test_every_other_released_sgd_is_plain_momentum(method):
+    config = train_config(method, bs=None)
+    assert config.nesterov is False and "Nesterov" not in recipe_line(config)
+    assert train_config(method, "--nesterov", bs=None).recipe_overrides == ("nesterov",)
+
+
+def test_the_optimizer_takes_nesterovs_step_by_hand():
+    import torch
+    from training.schedule import build_optimizer
+    for nesterov, expected in ((False, 1.0 - 0.1 * 2.0), (True, 1.0 - 0.1 * (2.0 + 0.9 * 2.0))):
+        w = torch.nn.Parameter(torch.tensor([1.0]))
+        optimizer = build_optimizer(train_config("Fair-ARD", "--nesterov" if nesterov else "--no-nesterov",
+                                                 "--weight_decay", "0"), [w])
+        (2.0 * w).sum().backward()  # gradient 2; first step: buf = g, Nesterov's update g + 0.9 buf
+        optimizer.step()
+        assert w.item() == pytest.approx(expected, abs=1e-7)
+
+
+def test_nesterov_without_momentum_is_a_one_line_error():
+    with pytest.raises(UserError, match="--nesterov needs a momentum"):
+        train_config("Fair-ARD", "--momentum", "0", bs=None)
+    assert train_config("ARD", "--momentum", "0", bs=None).nesterov is False

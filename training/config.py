@@ -59,6 +59,7 @@ class Config:
     milestones: Tuple[int, ...]
     lr_decay: Tuple[float, ...]  # one factor per milestone
     momentum: float
+    nesterov: bool
     weight_decay: float
     eval_bs: int
     eval_epsilon: float
@@ -167,6 +168,9 @@ def build_parser(prog_defaults: Dict, description: str) -> argparse.ArgumentPars
     g.add_argument("--lr_decay", default=None,
                    help="piecewise: the factor at each milestone, one value or one per milestone (default 0.1)")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum, in [0, 1)")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="SGD with Nesterov momentum (recipe: on for the Fair methods, as their scripts; off for the "
+                        "others)")
     g.add_argument("--weight_decay", type=float, default=None, help="SGD weight decay on every parameter (recipe)")
     g.add_argument("--eval_bs", type=int, default=1024,
                    help="batch size of the per-epoch test evaluation; halved on a CUDA out-of-memory error")
@@ -234,7 +238,7 @@ OPERATIONAL_FLAGS = frozenset({
 # teacher_sha256) defines the teacher, so one file named by the zoo or by its path is one run.
 # Defining settings added after runs were made with this code: a run without one in its record
 # had this value (its resume and its default folder are unchanged).
-ADDED_DEFAULTS = {"sync_bn": False, "teacher_st_model": None, "swa_start": 0, "val_images": 0, "ema": None,
+ADDED_DEFAULTS = {"sync_bn": False, "nesterov": False, "teacher_st_model": None, "swa_start": 0, "val_images": 0, "ema": None,
                   "val_sha256": None}
 # torch generators take seeds in 0..2**64-1, and each of the run's streams is seeded with --seed plus
 # its own offset; a negative seed would wrap around onto a positive one (two flags, one run).
@@ -288,7 +292,7 @@ def default_save_dir(args, method_options) -> str:
     return os.path.join("checkpoints", args.dataset, args.method, "_".join(parts))
 
 
-RECIPE_FLAGS = ("epochs", "milestones", "lr_decay", "weight_decay", "epsilon", "step_size", "bs")
+RECIPE_FLAGS = ("epochs", "milestones", "lr_decay", "weight_decay", "epsilon", "step_size", "bs", "nesterov")
 
 
 def number_list(flag: str, text: str, kind):
@@ -322,7 +326,8 @@ def apply_recipe(args: argparse.Namespace, method) -> Recipe:
                         f"factor, or one per milestone")
     args.lr_decay = decay
     for flag, value in (("weight_decay", recipe.weight_decay), ("epsilon", recipe.epsilon),
-                        ("step_size", recipe.step_size), ("bs", recipe.batch_size(args.dataset))):
+                        ("step_size", recipe.step_size), ("bs", recipe.batch_size(args.dataset)),
+                        ("nesterov", recipe.nesterov)):
         if getattr(args, flag) is None:
             setattr(args, flag, value)
     args.recipe_overrides = tuple(sorted(given))
@@ -345,6 +350,8 @@ def check_numbers(args: argparse.Namespace, options, method) -> None:
         raise UserError(f"--momentum must be in [0, 1), got {args.momentum:g}")
     if args.weight_decay < 0:
         raise UserError(f"--weight_decay must be >= 0, got {args.weight_decay:g}")
+    if args.nesterov and args.momentum == 0:
+        raise UserError(f"--nesterov needs a momentum: --momentum is 0; give --momentum > 0 or --no-nesterov")
     for name, option in options.items():
         problem = None if option.flag or option.choices else option.range_error(getattr(args, name))
         if problem:
@@ -405,7 +412,8 @@ def recipe_line(config: Config) -> str:
                 f"{', '.join(map(str, config.milestones)) or '(none)'}" if config.lr_schedule == "piecewise"
                 else config.lr_schedule)
     return (f"recipe {config.recipe} ({config.recipe_source}): {config.epochs} epochs, lr {config.lr_max:g} "
-            f"{schedule}, weight decay {config.weight_decay:g}, momentum {config.momentum:g}, epsilon "
+            f"{schedule}, weight decay {config.weight_decay:g}, momentum {config.momentum:g}"
+            f"{' (Nesterov)' if config.nesterov else ''}, epsilon "
             f"{config.epsilon:g}/255, step {config.step_size:g}/255, {config.num_steps} steps, bs {config.bs}"
             + (f" ({', '.join('--' + flag for flag in config.recipe_overrides)} from the command line)"
                if config.recipe_overrides else ""))

@@ -28,5 +28,7 @@ def learning_rate(schedule: str, lr_max: float, epoch: int, epochs: int, milesto
 
 
 def build_optimizer(config, params) -> torch.optim.Optimizer:
-    """SGD with the run's lr_max, momentum and weight decay on every parameter."""
-    return torch.optim.SGD(params, lr=config.lr_max, momentum=config.momentum, weight_decay=config.weight_decay)
+    """SGD with the run's lr_max, momentum (Nesterov's where the recipe says) and weight decay on every
+    parameter."""
+    return torch.optim.SGD(params, lr=config.lr_max, momentum=config.momentum, nesterov=config.nesterov,
+                           weight_decay=config.weight_decay)
