@@ -42,7 +42,7 @@ class FairnessTable:
                    else "")
         return (f"{table.dataset}, {table.model} students: average (Avg) and worst-class (Worst) accuracy (%) under "
                 f"the {table.protocol} protocol at eps {table.eps_255:g}/255, of the checkpoints of table {table.name} "
-                f"above; Worst: the "
+                f"above ({table.selection}); Worst: the "
                 f"accuracy of the class each model classifies worst{worst10}; mean ± standard deviation over seeds, "
                 f"the seed count in parentheses; {DASH}: no per-class counts in the report (evaluated before "
                 f"main_eval.py recorded them: evaluate the checkpoint again).")

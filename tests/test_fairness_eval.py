@@ -367,6 +367,9 @@ def test_the_worst_class_table_by_hand(fair_root):
                                "50.00 ± 0.00 (2) | 25.00 ± 7.07 (2) |")
     assert lines[3].startswith("| TRADES | 83.00 (1) | – |")
     assert text.startswith(fairness.HEADING) and "no per-class counts in the report" in text
+    assert f"of table {table.table.name} above (selected on test)" in table.caption()
+    table.table.val_images = 1000  # runs chosen on held-out images are their own table; its caption says so
+    assert "above (selected on 1000 validation images)" in table.caption()
     rows = list(csv.DictReader(io.StringIO(fairness.csv_text([table]))))
     assert float(rows[0]["pgd10_worst_mean"]) == 25.0 and rows[0]["pgd10_worst_n"] == "2"
     assert rows[1]["pgd10_worst_mean"] == "" and rows[1]["pgd10_avg_mean"] == "51.0"
