@@ -114,7 +114,9 @@ def test_an_infinite_radius_is_refused(tmp_path, capsys):
 
 
 def test_the_shipped_presets_pass_their_scripts_checks(capsys, tmp_path):
-    for name in ("cifar10-mini", "dgad-cifar10-resnet18", "distillation-cifar10-resnet18"):
+    shipped = sorted(name[:-len(".json")] for name in os.listdir(os.path.join(REPO, "presets")))
+    assert {"cifar10-mini", "cifar10-mini-fair", "cifar10-gpu", "dgad-cifar10-resnet18"} <= set(shipped)
+    for name in shipped:
         assert reproduce(["--preset", name, "--root", str(tmp_path / name), "--dry_run"]) == 0
         assert not (tmp_path / name).exists()  # the plan and its checks write nothing
     capsys.readouterr()
