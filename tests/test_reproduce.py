@@ -94,7 +94,10 @@ def test_bad_presets_are_one_line_errors(tmp_path, capsys, changes, expected):
 def test_an_unknown_preset_names_the_known_ones(capsys):
     with pytest.raises(SystemExit):
         reproduce(["--preset", "nope", "--dry_run"])
-    assert "cifar10-mini, dgad-cifar10-resnet18" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    named = err.split("choose from ")[1].split(", or pass")[0].split(", ")
+    assert named == sorted(name[:-len(".json")] for name in os.listdir(os.path.join(REPO, "presets")))
+    assert {"cifar10-mini", "dgad-cifar10-resnet18"} <= set(named)
 
 
 def paper_wanted(n_examples, attacks=("natural", "pgd10"), eps=(2.0, 8.0), n_ex=None):
