@@ -24,11 +24,30 @@ from training.run_dir import identity_differences
 WORKER = os.path.join(REPO, "tests", "distributed_worker.py")
 
 
-def torchrun(*args, processes=2, **kwargs):
+def torchrun(*args, processes=2, env=None, **kwargs):
     """`torchrun --standalone --nproc_per_node N <args>` (a free port each time), one thread per process."""
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                             str(processes), *args], cwd=REPO, env=job_env(), stdout=subprocess.PIPE,
+                             str(processes), *args], cwd=REPO, env=env or job_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+# A process of the two-process gloo job below has aborted, about once in 20 runs on a loaded machine, with this
+# line and SIGABRT while no Python code ran (faulthandler: no Python frame), that is at interpreter exit after
+# its work (process 0 had saved the results). It looks like torch's gloo teardown at
+# finalization (pytorch/pytorch#179291). Until its cause is found, that job is retried once on exactly this
+# abort; any other failure, a second abort, and every number compared after stay failures. PYTHONFAULTHANDLER=1
+# puts the aborting process's Python stack in the error.
+GLOO_ABORT = "terminate called without an active exception"
+
+
+def torchrun_retrying_gloo_abort(*args):
+    env = dict(job_env(), PYTHONFAULTHANDLER="1")
+    code, out, err = finished(torchrun(*args, env=env))
+    if code != 0 and GLOO_ABORT in err:
+        first = err
+        code, out, err = finished(torchrun(*args, env=env))
+        err = f"{first}\n--- the job aborted as above and was retried once ---\n{err}"
+    return code, out, err
 
 
 def job_env():
@@ -151,7 +170,7 @@ def test_every_method_trains_and_evaluates_on_two_processes_as_on_one(tmp_path):
     single = subprocess.run([sys.executable, WORKER, one], cwd=REPO, env=job_env(), capture_output=True, text=True,
                             timeout=300)
     assert single.returncode == 0, single.stderr
-    code, _, err = finished(torchrun(WORKER, two))
+    code, _, err = torchrun_retrying_gloo_abort(WORKER, two)
     assert code == 0, err
     a, b = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
     assert a.keys() == b.keys() and {"DGAD", "PGDAT", "TRADES", "VarGap", "AKD", "MTARD", "evaluation"} <= set(a)

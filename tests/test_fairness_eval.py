@@ -28,7 +28,7 @@ from reporting.per_class_figures import per_class_figures
 from reporting.runs import find_runs, group_runs
 from reporting.tables import build_tables
 from runtime.distributed import World
-from test_distributed import finished, job_env, torchrun
+from test_distributed import job_env, torchrun_retrying_gloo_abort
 from test_report import full, write_run
 from training import loop
 from training.run_dir import RESULT_FIELDS, RunDirectory, result_fields
@@ -157,7 +157,7 @@ def test_per_class_counts_of_two_processes_equal_one(tmp_path):
     single = subprocess.run([sys.executable, str(script), one], cwd=REPO, env=job_env(), capture_output=True,
                             text=True, timeout=300)
     assert single.returncode == 0, single.stderr
-    code, _, err = finished(torchrun(str(script), two))
+    code, _, err = torchrun_retrying_gloo_abort(str(script), two)
     assert code == 0, err
     a, b = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
     assert a == b

@@ -512,12 +512,12 @@ def test_two_epochs_on_two_processes_equal_one(tmp_path):
     """Two epochs (two steps each, 7 then 3 images) of each method on a network without BatchNorm: the class
     counts are summed over the processes exactly, so the weights and temperatures of epoch 2, the student and
     the method's state agree with one process."""
-    from test_distributed import finished, job_env, torchrun
+    from test_distributed import job_env, torchrun_retrying_gloo_abort
     one, two = str(tmp_path / "one.pt"), str(tmp_path / "two.pt")
     single = subprocess.run([sys.executable, __file__, one], cwd=REPO, env=job_env(), capture_output=True, text=True,
                             timeout=300)
     assert single.returncode == 0, single.stderr
-    code, _, err = finished(torchrun(__file__, two))
+    code, _, err = torchrun_retrying_gloo_abort(__file__, two)
     assert code == 0, err
     a, b = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
     assert set(a) == set(b) == set(NEW)
