@@ -2,7 +2,9 @@
 bench.py for DGAD ResNet-18 <- WRN-34-10 and MobileNetV2 <- WRN-34-10 at batch 128 (plain fp32, ours fp32, ours
 bf16 with channels_last, and --compile while the budget allows), and one real bf16 epoch of DGAD ResNet-18 <-
 WRN-34-10 on the whole CIFAR-10 training set with a randomly initialised teacher, timed with and without the
-per-epoch evaluation.
+per-epoch evaluation. Then the two costliest jobs of presets/cifar10-gpu.json (its PGD-AT teacher, its DGAD student)
+at the preset's precision, from which summary.json's "preset_sizing" gives the preset's epochs (issue 24 sizes it
+from measured throughput).
 
   python3 benchmarks/gpu_check.py DATA_DIR OUT_DIR [--tiny] [--budget SECONDS] [--stages NAME,...]
 
@@ -20,6 +22,7 @@ that this script cannot rot between the leases of a GPU.
 import csv
 import datetime
 import json
+import math
 import os
 import shlex
 import signal
@@ -45,6 +48,16 @@ TRAIN_IMAGES = 50_000
 
 
 @dataclass(frozen=True)
+class PresetJobs:
+    """The costliest jobs of presets/cifar10-gpu.json, as bench.py runs them (tests check these against the preset):
+    its teacher's training and its costliest student's (DGAD and AdaAD run the teacher at every attack step; DGAD
+    is the dearer by a little)."""
+    teacher: tuple  # (method, model)
+    student: tuple  # (method, student, teacher model)
+    precision: str
+
+
+@dataclass(frozen=True)
 class Scale:
     """What the stages run with: the H200's figures, or --tiny's on the CPU."""
     pairs: tuple        # (student, teacher) of the benchmarks; the first is also the epoch's
@@ -52,19 +65,31 @@ class Scale:
     epoch_flags: tuple
     budget: float       # seconds for the whole command
     cpu_only: bool
+    preset: PresetJobs
 
 
 FULL = Scale(pairs=(("resnet18", "wideresnet34_10"), ("mobilenetV2", "wideresnet34_10")),
              bench_flags=("--bs", "128", "--steps", "10", "--warmup", "3"),
-             epoch_flags=("--bs", "128", "--epochs", "1"), budget=470, cpu_only=False)
+             epoch_flags=("--bs", "128", "--epochs", "1"), budget=470, cpu_only=False,
+             preset=PresetJobs(("PGDAT", "resnet18"), ("DGAD", "wideresnet16_2", "resnet18"), "fp32"))
 TINY = Scale(pairs=(("wideresnet10_1", "wideresnet10_1"), ("wideresnet16_1", "wideresnet10_1")),
              bench_flags=("--bs", "4", "--steps", "2", "--warmup", "1", "--num_steps", "2", "--plain_workers", "0"),
              epoch_flags=("--bs", "16", "--epochs", "1", "--num_steps", "2", "--train_subset", "64",
                           "--test_subset", "32"),
-             budget=600, cpu_only=True)
+             budget=600, cpu_only=True,
+             preset=PresetJobs(("PGDAT", "wideresnet10_1"), ("DGAD", "wideresnet10_1", "wideresnet10_1"), "fp32"))
 # bench.py's three configurations, and --compile last (minutes of compilation first).
 BENCH_VARIANTS = {"fp32": (), "bf16_channels_last": ("--precision", "bf16", "--channels_last", "--no_plain"),
                   "bf16_channels_last_compile": ("--precision", "bf16", "--channels_last", "--no_plain", "--compile")}
+PRESET_STAGES = ("bench_preset_teacher", "bench_preset_student")
+# What the preset's sizing aims at (issue 24): about 4 minutes for the teacher, about 1 for each student.
+PRESET_TARGET_SECONDS = {"teacher": 240, "student": 60}
+# The per-epoch evaluation (PGD-10 on the 10,000 test images) as a share of a training epoch (50,000 images). The
+# teacher's PGD-AT step costs per image about what the check does (11 forward-backward passes against 10 and 2
+# forwards), on a fifth as many images: 0.2. A DGAD student's check runs the student alone (bench.py's FLOP
+# counts: WRN-16-2 PGD-AT 4.9 GFLOP per image against DGAD's 29.7 with its ResNet-18 teacher): 0.2 x 4.9/29.7 =
+# 0.033, rounded up to 0.05.
+PRESET_EVAL_SHARE = {"teacher": 0.2, "student": 0.05}
 LOGS = {"environment": "gpu_check.log", "data": "gpu_check.log", "gpu_tier": "gpu_tier.log", "epoch": "epoch.log"}
 
 
@@ -95,12 +120,14 @@ def parse_args(argv=None):
 
 def stages_for(scale: Scale) -> List[Stage]:
     """In the order they run: the figures the issue asks for first (each fails fast if something is broken), then
-    the test tier (whose long tests would otherwise starve them), the second pair, --compile last."""
+    the test tier (whose long tests would otherwise starve them), the second pair, the preset's jobs, --compile
+    last."""
     first, second = scale.pairs
     stages = [Stage("environment", 5, 60), Stage("data", 0, 180)]
     stages += [Stage(bench_name(first, variant), 20, 120) for variant in ("fp32", "bf16_channels_last")]
     stages += [Stage("epoch", 60, 240), Stage("gpu_tier", 60, 240)]
     stages += [Stage(bench_name(second, variant), 20, 120) for variant in ("fp32", "bf16_channels_last")]
+    stages += [Stage(name, 20, 120) for name in PRESET_STAGES]
     stages.append(Stage(bench_name(first, "bf16_channels_last_compile"), 100, 240))
     return stages
 
@@ -119,7 +146,7 @@ class Check:
         self.summary: Dict = {
             "format": SUMMARY_FORMAT, "command": command,
             "tiny": cfg.tiny, "budget_seconds": self.budget, "started": now(), "environment": None, "stages": [],
-            "gpu_tier": None, "bench": {}, "epoch": None}
+            "gpu_tier": None, "bench": {}, "epoch": None, "preset_sizing": None}
         for name in set(LOGS.values()) | {"bench.log"}:
             open(os.path.join(self.out, name), "w").close()
 
@@ -220,6 +247,23 @@ class Check:
             with open(path) as f:
                 self.summary["bench"][stage.name] = json.load(f)
 
+    def bench_preset_teacher(self, stage: Stage) -> None:
+        method, model = self.scale.preset.teacher
+        self.bench_preset(stage, ["--method", method, "--model", model])
+
+    def bench_preset_student(self, stage: Stage) -> None:
+        method, student, teacher = self.scale.preset.student
+        self.bench_preset(stage, ["--method", method, "--model", student, "--teacher_model", teacher])
+
+    def bench_preset(self, stage: Stage, job: List[str]) -> None:
+        path = os.path.join(self.work, f"{stage.name}.json")
+        command = [sys.executable, "bench.py", *job, *self.scale.bench_flags, "--precision",
+                   self.scale.preset.precision, "--no_plain", "--json", path]
+        if self.run(stage, command):
+            with open(path) as f:
+                self.summary["bench"][stage.name] = json.load(f)
+            self.summary["preset_sizing"] = preset_sizing(self.summary["bench"], self.scale.preset)
+
     def epoch(self, stage: Stage) -> None:
         student, teacher_model = self.scale.pairs[0]
         teacher = os.path.join(self.work, f"{teacher_model}_random.pth")
@@ -287,6 +331,25 @@ def junit_outcomes(path: str) -> Dict:
         outcomes[test] = outcome
     counts = {kind: sum(1 for o in outcomes.values() if o == kind) for kind in ("passed", "failed", "error", "skipped")}
     return {"counts": counts, "tests": outcomes, "failures": {k: (v[0] if v else "") for k, v in failures.items()}}
+
+
+def preset_sizing(bench: Dict, preset: PresetJobs) -> Dict:
+    """presets/cifar10-gpu.json's epochs from the measured images/s of its teacher's and its costliest student's
+    training step: the most whole epochs, at least 1, whose training and per-epoch evaluation fit the target."""
+    sizing = {"preset": "cifar10-gpu", "train_images": TRAIN_IMAGES, "target_seconds": PRESET_TARGET_SECONDS,
+              "evaluation_share": PRESET_EVAL_SHARE}
+    jobs = {"teacher": (PRESET_STAGES[0], preset.teacher), "student": (PRESET_STAGES[1], preset.student)}
+    for role, (stage, job) in jobs.items():
+        if stage not in bench:
+            continue
+        images_per_second = bench[stage]["paths"]["ours"]["images_per_second"]
+        training = TRAIN_IMAGES / images_per_second
+        with_evaluation = training * (1 + PRESET_EVAL_SHARE[role])
+        sizing[role] = {"job": list(job), "precision": preset.precision, "images_per_second": images_per_second,
+                        "seconds_per_training_epoch": round(training, 1),
+                        "seconds_per_epoch_with_evaluation": round(with_evaluation, 1),
+                        "epochs": max(1, math.floor(PRESET_TARGET_SECONDS[role] / with_evaluation))}
+    return sizing
 
 
 def epoch_figures(save_dir: str) -> Dict:
@@ -381,6 +444,14 @@ def format_summary(summary: Dict) -> str:
                      f"{epoch['seconds_per_epoch_with_evaluation']:.1f} s with the evaluation, "
                      f"{epoch['seconds_per_epoch_training_only']:.1f} s training only, "
                      f"{epoch['images_per_second']:.0f} img/s")
+    sizing = summary.get("preset_sizing") or {}
+    for role in ("teacher", "student"):
+        if role in sizing:
+            r = sizing[role]
+            job = f"{r['job'][0]} {r['job'][1]}" + (f" <- {r['job'][2]}" if len(r["job"]) > 2 else "")
+            lines.append(f"cifar10-gpu {role} ({job}, {r['precision']}): {r['seconds_per_training_epoch']:.1f} s per "
+                         f"training epoch, about {r['seconds_per_epoch_with_evaluation']:.1f} s with the "
+                         f"evaluation: epochs {r['epochs']} for a target of {sizing['target_seconds'][role]} s")
     return "\n".join(lines)
 
 

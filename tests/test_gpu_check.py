@@ -70,7 +70,15 @@ def test_tiny_mode_runs_every_stage_on_the_cpu(tmp_path):
     assert tier["counts"]["skipped"] == len(tier["tests"]) > 40 and tier["counts"]["failed"] == 0
     assert sum("test_gpu::" in test or "test_gpu." in test for test in tier["tests"]) > 40  # and any other module's
     assert set(summary["bench"]) == {"bench_wideresnet10_1_fp32", "bench_wideresnet10_1_bf16_channels_last",
-                                     "bench_wideresnet16_1_fp32", "bench_wideresnet16_1_bf16_channels_last"}
+                                     "bench_wideresnet16_1_fp32", "bench_wideresnet16_1_bf16_channels_last",
+                                     "bench_preset_teacher", "bench_preset_student"}
+    teacher, student = (summary["bench"][f"bench_preset_{role}"] for role in ("teacher", "student"))
+    assert teacher["config"]["method"] == "PGDAT" and student["config"]["method"] == "DGAD"
+    assert set(teacher["paths"]) == {"ours"} and teacher["paths"]["ours"]["precision"] == "fp32"
+    sizing = summary["preset_sizing"]
+    assert sizing["teacher"]["images_per_second"] == teacher["paths"]["ours"]["images_per_second"]
+    assert sizing["student"]["job"] == ["DGAD", "wideresnet10_1", "wideresnet10_1"]
+    assert all(sizing[role]["epochs"] >= 1 for role in ("teacher", "student"))
     fp32, bf16 = (summary["bench"][f"bench_wideresnet10_1_{variant}"] for variant in ("fp32", "bf16_channels_last"))
     assert set(fp32["paths"]) == {"ours", "plain"} and set(bf16["paths"]) == {"ours"}
     assert bf16["paths"]["ours"]["precision"] == "bf16" and bf16["paths"]["ours"]["channels_last"] is True
@@ -81,6 +89,7 @@ def test_tiny_mode_runs_every_stage_on_the_cpu(tmp_path):
     assert sorted(os.listdir(out)) == ["bench.log", "epoch.log", "gpu_check.log", "gpu_tier.log", "summary.json"]
     assert_fits_a_lease(out)
     assert "epoch (50 images, bf16)" in result.stdout and "gpu tier: 0 passed, 0 failed" in result.stdout
+    assert "cifar10-gpu teacher (PGDAT wideresnet10_1, fp32): " in result.stdout
 
 
 @pytest.mark.slow  # subprocesses (a script of a few lines)
@@ -127,7 +136,7 @@ def test_stages_that_cannot_fit_the_budget_are_skipped_in_order(tmp_path, capsys
     assert stages.pop("data") == {"name": "data", "status": "passed", "data_dir": str(prepared), "unpacked": False}
     assert all(s["status"] == "skipped" and "of the budget left" in s["reason"] for s in stages.values())
     assert "bench_resnet18_bf16_channels_last_compile" in stages and "bench_mobilenetV2_fp32" in stages
-    assert "gpu_check: 9 stages" in capsys.readouterr().out
+    assert "gpu_check: 11 stages" in capsys.readouterr().out
     assert_fits_a_lease(out)
 
 
@@ -135,10 +144,45 @@ def test_the_full_scale_times_the_issues_configurations():
     names = [s.name for s in gpu_check.stages_for(gpu_check.FULL)]
     assert names == ["environment", "data", "bench_resnet18_fp32", "bench_resnet18_bf16_channels_last", "epoch",
                      "gpu_tier", "bench_mobilenetV2_fp32", "bench_mobilenetV2_bf16_channels_last",
-                     "bench_resnet18_bf16_channels_last_compile"]
+                     "bench_preset_teacher", "bench_preset_student", "bench_resnet18_bf16_channels_last_compile"]
     assert gpu_check.FULL.pairs == (("resnet18", "wideresnet34_10"), ("mobilenetV2", "wideresnet34_10"))
     assert "--bs" in gpu_check.FULL.bench_flags and gpu_check.FULL.bench_flags[1] == "128"
     assert gpu_check.FULL.budget <= 480  # the issue's 8 minutes
+
+
+def test_the_preset_jobs_are_the_cifar10_gpu_presets_own():
+    """What the check measures to size presets/cifar10-gpu.json is that preset's teacher and its dearest student."""
+    from pipeline.presets import load_preset
+    from pipeline.plan import training_switches
+    preset = load_preset("cifar10-gpu", training_switches())
+    jobs = gpu_check.FULL.preset
+    assert jobs.teacher == (preset.teacher.method, preset.teacher.model)
+    assert jobs.student == ("DGAD", preset.student, preset.teacher.model) and "DGAD" in preset.methods
+    assert jobs.precision == preset.train.get("precision", "fp32") == preset.teacher.flags.get("precision", "fp32")
+
+
+def test_preset_sizing_fits_whole_epochs_with_their_evaluation_in_the_targets():
+    def report(images_per_second):
+        return {"paths": {"ours": {"images_per_second": images_per_second}}}
+    jobs = gpu_check.FULL.preset
+    # teacher: 50,000 / 500 = 100 s, x1.2 with the check = 120 s: 2 in 240 s. student: 50,000 / 2,000 = 25 s,
+    # x1.05 = 26.25 s: 2 in 60 s.
+    sizing = gpu_check.preset_sizing({"bench_preset_teacher": report(500.0),
+                                      "bench_preset_student": report(2000.0)}, jobs)
+    assert sizing["teacher"]["seconds_per_training_epoch"] == 100.0
+    assert sizing["teacher"]["seconds_per_epoch_with_evaluation"] == 120.0 and sizing["teacher"]["epochs"] == 2
+    assert sizing["student"]["seconds_per_epoch_with_evaluation"] == 26.2 and sizing["student"]["epochs"] == 2
+    assert sizing["teacher"]["job"] == ["PGDAT", "resnet18"]
+    # just under a whole epoch more: still 2; a step too slow for one epoch in the target: 1, never 0.
+    assert gpu_check.preset_sizing({"bench_preset_teacher": report(50_000 * 1.2 * 3 / 240 * 0.999)},
+                                   jobs)["teacher"]["epochs"] == 2
+    slow = gpu_check.preset_sizing({"bench_preset_student": report(10.0)}, jobs)
+    assert slow["student"]["epochs"] == 1 and "teacher" not in slow
+    summary = {"stages": [], "bench": {}, "preset_sizing": sizing}
+    printed = gpu_check.format_summary(summary)
+    assert ("cifar10-gpu teacher (PGDAT resnet18, fp32): 100.0 s per training epoch, about 120.0 s with the "
+            "evaluation: epochs 2 for a target of 240 s") in printed
+    assert "cifar10-gpu student (DGAD wideresnet16_2 <- resnet18, fp32): 25.0 s per training epoch" in printed
 
 
 def test_junit_outcomes_counts_each_test_and_keeps_each_failures_first_line(tmp_path):
