@@ -98,24 +98,31 @@ class Stage:
     name: str
     min_seconds: float  # skipped when less than this is left
     max_seconds: float
+    needs: str = ""  # a stage that must have passed first
+    log_name: str = ""  # default: LOGS's
     command: List[str] = field(default_factory=list)
     result: Dict = field(default_factory=dict)
 
     @property
     def log(self) -> str:
-        return LOGS.get(self.name, "bench.log")
+        return self.log_name or LOGS.get(self.name, "bench.log")
 
 
-def parse_args(argv=None):
-    p = OneLineParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+def parser(doc: str, full_budget: float, tiny_budget: float) -> OneLineParser:
+    """The arguments every check of a lease takes (this one, benchmarks/precision_check.py)."""
+    p = OneLineParser(description=doc.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("data_dir", help="holds cifar-10-batches-py/, or cifar10-jpeg.tar.gz with prepare.py")
     p.add_argument("out_dir", help="where summary.json and the logs go (created if missing)")
     p.add_argument("--tiny", action="store_true", help="small models and a few steps, on the CPU")
     p.add_argument("--budget", type=float, default=None,
-                   help=f"seconds for everything (default {FULL.budget:g}; --tiny {TINY.budget:g})")
+                   help=f"seconds for everything (default {full_budget:g}; --tiny {tiny_budget:g})")
     p.add_argument("--stages", default=None, help="run only these stages, comma-separated (default: all, in order)")
     p.add_argument("--work_dir", default=None, help="scratch folder (default: a new one under the system's temp)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    return parser(__doc__, FULL.budget, TINY.budget).parse_args(argv)
 
 
 def stages_for(scale: Scale) -> List[Stage]:
@@ -125,7 +132,7 @@ def stages_for(scale: Scale) -> List[Stage]:
     first, second = scale.pairs
     stages = [Stage("environment", 5, 60), Stage("data", 0, 180)]
     stages += [Stage(bench_name(first, variant), 20, 120) for variant in ("fp32", "bf16_channels_last")]
-    stages += [Stage("epoch", 60, 240), Stage("gpu_tier", 60, 240)]
+    stages += [Stage("epoch", 60, 240, needs="data"), Stage("gpu_tier", 60, 240)]
     stages += [Stage(bench_name(second, variant), 20, 120) for variant in ("fp32", "bf16_channels_last")]
     stages += [Stage(name, 20, 120) for name in PRESET_STAGES]
     stages.append(Stage(bench_name(first, "bf16_channels_last_compile"), 100, 240))
@@ -137,18 +144,41 @@ def bench_name(pair, variant: str) -> str:
 
 
 class Check:
-    def __init__(self, cfg, scale: Scale, command: str):
+    """Runs its stages in order within the budget (a subclass is another check: its stages, summary and logs)."""
+    NAME = "gpu_check"
+    FORMAT = SUMMARY_FORMAT
+    LOG_FILES = ("gpu_check.log", "gpu_tier.log", "bench.log", "epoch.log")  # the first: the check's own lines
+
+    def __init__(self, cfg, scale, command: str):
         self.cfg, self.scale = cfg, scale
         self.out, self.work = os.path.abspath(cfg.out_dir), os.path.abspath(cfg.work_dir)
         self.budget = cfg.budget if cfg.budget is not None else scale.budget
         self.start = time.monotonic()
         self.data_dir: Optional[str] = None
         self.summary: Dict = {
-            "format": SUMMARY_FORMAT, "command": command,
+            "format": self.FORMAT, "command": command,
             "tiny": cfg.tiny, "budget_seconds": self.budget, "started": now(), "environment": None, "stages": [],
-            "gpu_tier": None, "bench": {}, "epoch": None, "preset_sizing": None}
-        for name in set(LOGS.values()) | {"bench.log"}:
+            **self.figures()}
+        for name in self.LOG_FILES:
             open(os.path.join(self.out, name), "w").close()
+
+    def figures(self) -> Dict:
+        """The summary's keys for what the stages measure, empty until they do."""
+        return {"gpu_tier": None, "bench": {}, "epoch": None, "preset_sizing": None}
+
+    @classmethod
+    def stages_of(cls, scale) -> List[Stage]:
+        return stages_for(scale)
+
+    def perform(self, stage: Stage) -> None:
+        pairs = {bench_name(pair, variant): (pair, variant) for pair in self.scale.pairs for variant in BENCH_VARIANTS}
+        if stage.name in pairs:
+            self.bench(stage, *pairs[stage.name])
+        else:
+            getattr(self, stage.name)(stage)
+
+    def report(self) -> str:
+        return format_summary(self.summary)
 
     # -- running ---------------------------------------------------------------------------------------------------
 
@@ -157,7 +187,7 @@ class Check:
 
     def say(self, line: str) -> None:
         print(line, flush=True)
-        with open(os.path.join(self.out, "gpu_check.log"), "a") as f:
+        with open(os.path.join(self.out, self.LOG_FILES[0]), "a") as f:
             f.write(line + "\n")
 
     def env(self) -> Dict[str, str]:
@@ -280,16 +310,17 @@ class Check:
         self.record(stage, "skipped", reason=why)
 
     def run_all(self, only: Optional[List[str]]) -> bool:
-        stages = stages_for(self.scale)
-        pairs = {bench_name(pair, variant): (pair, variant) for pair in self.scale.pairs for variant in BENCH_VARIANTS}
-        self.say(f"gpu_check: {len(stages)} stages, budget {self.budget:.0f} s, out {self.out}, work {self.work}")
+        stages = self.stages_of(self.scale)
+        self.say(f"{self.NAME}: {len(stages)} stages, budget {self.budget:.0f} s, out {self.out}, work {self.work}")
+        done = {}
         for stage in stages:
             stage.result = {"name": stage.name}
             self.summary["stages"].append(stage.result)
             if only is not None and stage.name not in only and stage.name != "data":
                 self.skip(stage, "not in --stages")
-            elif stage.name == "epoch" and self.data_dir is None:
-                self.skip(stage, "no CIFAR-10: the data stage failed")
+            elif stage.needs and done.get(stage.needs) != "passed":
+                self.skip(stage, "no CIFAR-10: the data stage failed" if stage.needs == "data" else
+                          f"{stage.needs} did not pass")
             elif self.scale.cpu_only and "compile" in stage.name:
                 self.skip(stage, "--tiny: compilation takes minutes and a compiler toolchain")
             elif self.left() < stage.min_seconds:
@@ -297,19 +328,17 @@ class Check:
             else:
                 self.say(f"{stage.name}: running ({self.left():.0f} s of the budget left)")
                 try:
-                    if stage.name in pairs:
-                        self.bench(stage, *pairs[stage.name])
-                    else:
-                        getattr(self, stage.name)(stage)
+                    self.perform(stage)
                 except (OSError, ValueError, KeyError, ElementTree.ParseError, UserError) as exc:
                     stage.result.update(status="failed", error=f"{type(exc).__name__}: {exc}")
             self.say(f"{stage.name}: {stage.result['status']}" + (f" in {stage.result['seconds']} s"
                                                                   if "seconds" in stage.result else "")
                      + (f" ({stage.result['reason']})" if "reason" in stage.result else ""))
+            done[stage.name] = stage.result["status"]
             self.save()
         self.summary["finished"] = now()
         self.save()
-        print(format_summary(self.summary), flush=True)
+        print(self.report(), flush=True)
         return all(s["status"] in ("passed", "skipped") for s in self.summary["stages"])
 
 
@@ -457,8 +486,12 @@ def format_summary(summary: Dict) -> str:
 
 def main(argv=None) -> int:
     cfg = parse_args(argv)
+    return start(Check, cfg, TINY if cfg.tiny else FULL, "benchmarks/gpu_check.py", argv)
+
+
+def start(check, cfg, scale, script: str, argv) -> int:
+    """`check` (Check or a subclass) on `scale`, once the arguments are checked: the exit status."""
     with exit_on_user_error():
-        scale = TINY if cfg.tiny else FULL
         if not os.path.isdir(cfg.data_dir):
             raise UserError(f"DATA_DIR {cfg.data_dir} is not a folder: give the one holding {CIFAR10_FOLDER}/, or "
                             f"cifar10-jpeg.tar.gz with prepare.py")
@@ -470,7 +503,7 @@ def main(argv=None) -> int:
         if cfg.budget is not None and cfg.budget <= 0:
             raise UserError(f"--budget must be > 0 seconds, got {cfg.budget:g}")
         only = None if cfg.stages is None else [name.strip() for name in cfg.stages.split(",") if name.strip()]
-        known = [stage.name for stage in stages_for(scale)]
+        known = [stage.name for stage in check.stages_of(scale)]
         unknown = [name for name in only or () if name not in known]
         if unknown:
             raise UserError(f"--stages {','.join(unknown)}: no such stage; choose from {','.join(known)}")
@@ -480,10 +513,10 @@ def main(argv=None) -> int:
             raise UserError(f"cannot create OUT_DIR {cfg.out_dir}: {exc.strerror or exc}") from None
         if not os.access(cfg.out_dir, os.W_OK):
             raise UserError(f"OUT_DIR {cfg.out_dir} is not writable")
-        cfg.work_dir = cfg.work_dir or tempfile.mkdtemp(prefix="gpu_check.")
+        cfg.work_dir = cfg.work_dir or tempfile.mkdtemp(prefix=f"{check.NAME}.")
         os.makedirs(cfg.work_dir, exist_ok=True)
-        command = shlex.join(["python3", "benchmarks/gpu_check.py", *(sys.argv[1:] if argv is None else argv)])
-        return 0 if Check(cfg, scale, command).run_all(only) else 1
+        command = shlex.join(["python3", script, *(sys.argv[1:] if argv is None else argv)])
+        return 0 if check(cfg, scale, command).run_all(only) else 1
 
 
 if __name__ == "__main__":
