@@ -13,8 +13,9 @@ which is unpacked into a scratch folder first. Nothing is installed: pyautoattac
 comes from PYTHONPATH, e.g. wheels installed there with pip --no-index. Every stage runs in its own process group
 with a timeout cut to what is left of --budget; a stage that fails or times out is recorded and the next one
 runs; one that cannot fit is skipped and recorded. OUT_DIR receives at most six files, each under 16 MiB:
-summary.json (every figure, rewritten after each stage), gpu_check.log (this script's own lines, the machine,
-the data), gpu_tier.log, bench.log, epoch.log. The exit status is 0 when no stage failed.
+summary.json (every figure, rewritten after each stage), table.md (docs/performance.md's GPU table made from
+it, with each figure's command), gpu_check.log (this script's own lines, the machine, the data), gpu_tier.log,
+bench.log, epoch.log. The exit status is 0 when no stage failed.
 
 --tiny runs the same stages on the CPU with small models and a few steps (tests/test_gpu_check.py runs it), so
 that this script cannot rot between the leases of a GPU.
@@ -38,7 +39,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # run as a file, not with -m
     sys.path.insert(0, REPO)
 
-from runtime.checkpoints import atomic_write_json  # noqa: E402
+from runtime.checkpoints import atomic_write_json, atomic_write_text  # noqa: E402
 from runtime.errors import OneLineParser, UserError, exit_on_user_error  # noqa: E402
 
 SUMMARY_FORMAT = "advkd-gpu-check/1"
@@ -231,6 +232,12 @@ class Check:
     def save(self) -> None:
         self.summary["elapsed_seconds"] = round(time.monotonic() - self.start, 1)
         atomic_write_json(os.path.join(self.out, "summary.json"), self.summary)
+        for name, text in self.tables().items():
+            atomic_write_text(os.path.join(self.out, name), text)
+
+    def tables(self) -> Dict[str, str]:
+        """Files made from the summary, rewritten with it (what goes into the docs as it is)."""
+        return {"table.md": markdown_table(self.summary)}
 
     # -- the stages ------------------------------------------------------------------------------------------------
 
@@ -473,15 +480,79 @@ def format_summary(summary: Dict) -> str:
                      f"{epoch['seconds_per_epoch_with_evaluation']:.1f} s with the evaluation, "
                      f"{epoch['seconds_per_epoch_training_only']:.1f} s training only, "
                      f"{epoch['images_per_second']:.0f} img/s")
-    sizing = summary.get("preset_sizing") or {}
+    return "\n".join(lines + sizing_lines(summary.get("preset_sizing")))
+
+
+def sizing_lines(sizing: Optional[Dict]) -> List[str]:
+    lines = []
     for role in ("teacher", "student"):
-        if role in sizing:
+        if sizing and role in sizing:
             r = sizing[role]
             job = f"{r['job'][0]} {r['job'][1]}" + (f" <- {r['job'][2]}" if len(r["job"]) > 2 else "")
             lines.append(f"cifar10-gpu {role} ({job}, {r['precision']}): {r['seconds_per_training_epoch']:.1f} s per "
                          f"training epoch, about {r['seconds_per_epoch_with_evaluation']:.1f} s with the "
                          f"evaluation: epochs {r['epochs']} for a target of {sizing['target_seconds'][role]} s")
-    return "\n".join(lines)
+    return lines
+
+
+def shown_command(command: str) -> str:
+    """A stage's command as a reader types it: python3, without the scratch files it writes its figures to."""
+    words = shlex.split(command)
+    words[0] = "python3"
+    if "--json" in words:
+        del words[words.index("--json"):words.index("--json") + 2]
+    return shlex.join(words)
+
+
+def markdown_table(summary: Dict) -> str:
+    """docs/performance.md's GPU table from the summary: each benchmark's paths with the phases, the arithmetic and
+    its fraction of the bf16 matrix peak measured on the machine (the issue's MFU, for the fp32 rows too), the
+    epoch, the preset's sizing, and the commands that printed them."""
+    env = summary.get("environment") or {}
+    device = f"{env.get('device', '?')}, torch {env.get('torch', '?')}, CUDA {env.get('cuda_runtime', '-')}"
+    peaks = [r["peak_tflops"]["bf16"] for r in summary["bench"].values() if "bf16" in r.get("peak_tflops", {})]
+    peak = max(peaks) if peaks else None
+    lines = [f"Measured by `{summary['command']}` on {summary.get('started', '?')}: {device}; bf16 matrix peak "
+             + (f"{peak:.4g} TFLOP/s" if peak else "not measured") + ".", "",
+             "| configuration | path | img/s | ms/step (data / attack / teacher / update) | GFLOP/img | TFLOP/s "
+             "| of the bf16 peak | ours/plain fp32 |", "|---|---|---|---|---|---|---|---|"]
+
+    def job(cfg):
+        return cfg["method"], cfg["model"], cfg.get("teacher_model"), cfg["bs"], cfg["num_steps"]
+    plain = {job(r["config"]): r["paths"]["plain"]["images_per_second"] for r in summary["bench"].values()
+             if "plain" in r["paths"]}
+    ordered = [s["name"] for s in summary["stages"] if s["name"] in summary["bench"]]  # the JSON's keys are sorted
+    for report in (summary["bench"][name] for name in ordered):
+        cfg = report["config"]
+        configuration = (f"{cfg['method']}, {cfg['model']}" + (f" ← {cfg['teacher_model']}" if cfg.get("teacher_model")
+                                                                else "") + f", bs {cfg['bs']}, K = {cfg['num_steps']}"
+                         + "".join(f", `--{flag}`" for flag in ("channels_last", "compile") if cfg.get(flag)))
+        paths = report["paths"]
+        for path, r in paths.items():
+            phases = r["ms_per_step_by_phase"]
+            ratio = (f"{r['images_per_second'] / plain[job(cfg)]:.2f}×" if path == "ours" and job(cfg) in plain
+                     else "")
+            fraction = f"{100 * r['achieved_tflops'] / peak:.1f}%" if peak else "–"
+            lines.append(f"| {configuration if path == next(iter(paths)) else ''} | {path} {r['precision']} "
+                         f"| {r['images_per_second']:.0f} | {r['ms_per_step']:.1f} ("
+                         + " / ".join(f"{phases.get(k, 0.0):.1f}" for k in ("data", "attack", "teacher", "update"))
+                         + f") | {r['flops_per_image'] / 1e9:.3g} | {r['achieved_tflops']:.3g} | {fraction} | {ratio} |")
+    epoch = summary.get("epoch")
+    if epoch:
+        lines += ["", f"One epoch of DGAD on {epoch['train_images']} training images ({epoch['precision']}"
+                      + (", channels_last" if epoch.get("channels_last") else "") + f", {epoch.get('device')}): "
+                      f"{epoch['seconds_per_epoch_with_evaluation']:.1f} s with the per-epoch evaluation of "
+                      f"{epoch['test_images']} test images, {epoch['seconds_per_epoch_training_only']:.1f} s "
+                      f"training only ({epoch['images_per_second']:.0f} img/s)."]
+    sizing = sizing_lines(summary.get("preset_sizing"))
+    if sizing:
+        lines += ["", *sizing]
+    commands = [s for s in summary["stages"] if s.get("status") == "passed" and s.get("command")
+                and (s["name"].startswith("bench") or s["name"] == "epoch")]
+    if commands:
+        lines += ["", "Commands (from the repository's root; the epoch's teacher is a random one):", ""]
+        lines += [f"- {s['name']}: `{shown_command(s['command'])}`" for s in commands]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:

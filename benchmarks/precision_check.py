@@ -101,6 +101,9 @@ class PrecisionCheck(gpu_check.Check):
     def report(self) -> str:
         return format_summary(self.summary)
 
+    def tables(self) -> Dict[str, str]:
+        return {}
+
 
 def standard_error(accuracy: float, n: int) -> float:
     """Of an accuracy in percent measured on n images (binomial)."""

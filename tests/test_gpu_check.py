@@ -86,7 +86,11 @@ def test_tiny_mode_runs_every_stage_on_the_cpu(tmp_path):
     epoch = summary["epoch"]
     assert epoch["train_images"] == 50 and epoch["precision"] == "bf16" and epoch["channels_last"] is True
     assert 0 < epoch["seconds_per_epoch_training_only"] < epoch["seconds_per_epoch_with_evaluation"]
-    assert sorted(os.listdir(out)) == ["bench.log", "epoch.log", "gpu_check.log", "gpu_tier.log", "summary.json"]
+    assert sorted(os.listdir(out)) == ["bench.log", "epoch.log", "gpu_check.log", "gpu_tier.log", "summary.json",
+                                       "table.md"]
+    table = (out / "table.md").read_text()
+    assert "| DGAD, wideresnet10_1 ← wideresnet10_1, bs 4, K = 2 | ours fp32 |" in table
+    assert "`python3 bench.py --method PGDAT --model wideresnet10_1 " in table and "--json" not in table
     assert_fits_a_lease(out)
     assert "epoch (50 images, bf16)" in result.stdout and "gpu tier: 0 passed, 0 failed" in result.stdout
     assert "cifar10-gpu teacher (PGDAT wideresnet10_1, fp32): " in result.stdout
@@ -183,6 +187,38 @@ def test_preset_sizing_fits_whole_epochs_with_their_evaluation_in_the_targets():
     assert ("cifar10-gpu teacher (PGDAT resnet18, fp32): 100.0 s per training epoch, about 120.0 s with the "
             "evaluation: epochs 2 for a target of 240 s") in printed
     assert "cifar10-gpu student (DGAD wideresnet16_2 <- resnet18, fp32): 25.0 s per training epoch" in printed
+
+
+def test_the_markdown_table_holds_each_path_with_its_share_of_the_bf16_peak_and_its_command():
+    def path(name, precision, ips, ms, phases, achieved):
+        return {"path": name, "precision": precision, "images_per_second": ips, "ms_per_step": ms,
+                "ms_per_step_by_phase": dict(zip(("data", "attack", "teacher", "update"), phases)),
+                "flops_per_image": 62.2e9, "achieved_tflops": achieved}
+    config = {"method": "DGAD", "model": "resnet18", "teacher_model": "wideresnet34_10", "bs": 128, "num_steps": 10,
+              "channels_last": False, "compile": False}
+    fp32 = {"config": config, "peak_tflops": {"fp32": 50.0},
+            "paths": {"ours": path("ours", "fp32", 1000.0, 128.0, (1, 90, 20, 17), 62.2),
+                      "plain": path("plain", "fp32", 250.0, 512.0, (40, 360, 80, 32), 15.55)}}
+    bf16 = {"config": dict(config, channels_last=True), "peak_tflops": {"fp32": 50.0, "bf16": 800.0},
+            "paths": {"ours": path("ours", "bf16", 4000.0, 32.0, (0.5, 20, 6, 5.5), 248.8)}}
+    summary = {"command": "python3 benchmarks/gpu_check.py .gpu_data /out", "started": "2026-12-05T00:00:00+00:00",
+               "environment": {"device": "NVIDIA H200", "torch": "2.11.0+cu130", "cuda_runtime": "13.0"},
+               "bench": {"bench_resnet18_fp32": fp32, "bench_resnet18_bf16_channels_last": bf16},
+               "stages": [{"name": "bench_resnet18_fp32", "status": "passed",
+                           "command": "/opt/py/bin/python3 bench.py --method DGAD --json /tmp/w/b.json --bs 128"},
+                          {"name": "bench_resnet18_bf16_channels_last", "status": "passed", "command": "x"}],
+               "epoch": None, "preset_sizing": None}
+    lines = gpu_check.markdown_table(summary).splitlines()
+    assert lines[0] == ("Measured by `python3 benchmarks/gpu_check.py .gpu_data /out` on 2026-12-05T00:00:00+00:00: "
+                        "NVIDIA H200, torch 2.11.0+cu130, CUDA 13.0; bf16 matrix peak 800 TFLOP/s.")
+    # 62.2 / 800 = 7.8% (fp32 rows are measured against the bf16 peak too); 4000 / 250 = 16x the plain fp32 loop
+    assert lines[4:7] == [
+        "| DGAD, resnet18 ← wideresnet34_10, bs 128, K = 10 | ours fp32 | 1000 | 128.0 (1.0 / 90.0 / 20.0 / 17.0) "
+        "| 62.2 | 62.2 | 7.8% | 4.00× |",
+        "|  | plain fp32 | 250 | 512.0 (40.0 / 360.0 / 80.0 / 32.0) | 62.2 | 15.6 | 1.9% |  |",
+        "| DGAD, resnet18 ← wideresnet34_10, bs 128, K = 10, `--channels_last` | ours bf16 | 4000 | 32.0 "
+        "(0.5 / 20.0 / 6.0 / 5.5) | 62.2 | 249 | 31.1% | 16.00× |"]
+    assert "- bench_resnet18_fp32: `python3 bench.py --method DGAD --bs 128`" in lines
 
 
 def test_junit_outcomes_counts_each_test_and_keeps_each_failures_first_line(tmp_path):
